@@ -1,0 +1,131 @@
+"""The run folder and everything in it: atomic writes, checkpoints, and loading a finished run.
+
+Every file is written to a temporary name in the same folder and then renamed over the target.
+A rename within one filesystem is atomic, so a crash or Ctrl-C leaves either the old file or the
+new one, never half of one.
+"""
+
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from finetune_pipeline.config import Config, config_from_dict
+from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.model import TextClassifier, build_model
+
+# File names are fixed: the students' guide tells people to open them.
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+TRAIN_LOG_FILE = "train.log"
+FREEZE_PROOF_FILE = "freeze_proof.json"
+BEST_MODEL_FILE = "best_model.pt"
+FINAL_MODEL_FILE = "final_model.pt"
+HEAD_FILE = "classifier_head.pt"
+
+CHECKPOINT_FORMAT_VERSION = 1
+
+# mkstemp creates files readable by the owner only; finished artifacts get the usual permissions.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def create_run_dir(root: str | Path) -> Path:
+    """A new folder named by the start time; '-2', '-3', ... when runs start in the same second."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(f"output.artifacts_root '{root}': cannot create it ({err.strerror})") from None
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        run_dir = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            run_dir.mkdir()  # fails if it exists: two runs can never share a folder
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise UserInputError(f"output.artifacts_root '{root}': cannot write there ({err.strerror})") from None
+    raise UserInputError(f"output.artifacts_root '{root}': too many runs started in the second {stamp}")
+
+
+def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """Call write(file) on a temporary file next to path, flush it to disk, then rename it to path."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: Any) -> None:
+    text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    write_atomically(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def save_torch(path: Path, payload: Any) -> None:
+    write_atomically(path, lambda file: torch.save(payload, file))
+
+
+def checkpoint_payload(model: TextClassifier, label_names: list[str], config: Config, epoch: int, step: int) -> dict[str, Any]:
+    """Only tensors and plain types, so that torch.load(path, weights_only=True) can read it."""
+    return {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model_state": model.state_dict(),
+        "label_names": list(label_names),
+        "config": config.to_plain(),
+        "backbone": config.model.backbone,
+        "epoch": epoch,
+        "step": step,
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: checkpoint not found")
+    try:
+        # weights_only=True: unpickling arbitrary objects can run code; tensors and plain types cannot.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserInputError(
+            f"{path}: refused to load: it holds objects other than tensors and plain types, which could "
+            f"run code on this machine ({str(err).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError) as err:
+        raise UserInputError(f"{path}: not a readable checkpoint ({err})") from None
+
+
+@dataclass
+class LoadedRun:
+    model: TextClassifier
+    tokenizer: PreTrainedTokenizerBase
+    label_names: list[str]
+    config: Config
+    metrics: dict[str, Any]
+
+
+def load_run(run_dir: str | Path, checkpoint: str = BEST_MODEL_FILE) -> LoadedRun:
+    """Rebuild a trained model from a run folder, in eval mode, on the CPU."""
+    run_dir = Path(run_dir)
+    payload = load_checkpoint(run_dir / checkpoint)
+    config = config_from_dict(payload["config"], source=str(run_dir / checkpoint))
+    model, tokenizer = build_model(config.model, num_labels=len(payload["label_names"]), freeze=False)
+    model.load_state_dict(payload["model_state"])
+    metrics_path = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    return LoadedRun(model.eval(), tokenizer, payload["label_names"], config, metrics)

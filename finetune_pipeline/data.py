@@ -1,0 +1,288 @@
+"""Data: read labelled files -> map labels to ids -> split -> tokenize -> batches.
+
+Every problem in a file is reported with the file, the line and the column, because a student
+who gets "KeyError: 'text'" from deep inside a library learns nothing.
+"""
+
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sklearn.model_selection import train_test_split
+from transformers import PreTrainedTokenizerBase
+
+from finetune_pipeline.config import DataConfig
+from finetune_pipeline.errors import UserInputError
+
+SUPPORTED_SUFFIXES = (".csv", ".tsv", ".jsonl")
+MISSING_LABEL_SPELLINGS = {"", "nan", "none", "null", "na", "n/a"}
+
+
+@dataclass
+class Example:
+    text: str
+    label: str  # always a string here; label ids are assigned once, from the train split
+    line: int  # 1-based line in the source file where the record starts
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    label_names: list[str]  # label id i is label_names[i]
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def load_splits(data: DataConfig, seed: int) -> Splits:
+    """Read the configured files; carve val/test out of train where no file is given."""
+    train = read_split(data, "train", data.train_file)
+    test = read_split(data, "test", data.test_file) if data.test_file else None
+    val = read_split(data, "val", data.val_file) if data.val_file else None
+    label_names = label_names_from(train, data.train_file)
+    if test is None:
+        train, test = stratified_split(train, data.test_fraction, seed, "test", data.train_file)
+    if val is None:
+        # val_fraction is a fraction of the whole train file, also when test was carved out first.
+        remaining_fraction = data.val_fraction / (1 - (data.test_fraction if data.test_file is None else 0))
+        train, val = stratified_split(train, remaining_fraction, seed, "val", data.train_file)
+    for name, split, path in (("val", val, data.val_file), ("test", test, data.test_file)):
+        check_labels_seen_in_train(split, label_names, name, path or data.train_file)
+    return Splits(train=train, val=val, test=test, label_names=label_names)
+
+
+def read_split(data: DataConfig, split: str, path: str) -> list[Example]:
+    override = getattr(data.columns, split)
+    return read_labelled_file(
+        Path(path),
+        text_column=override.text_column or data.text_column,
+        label_column=override.label_column or data.label_column,
+        split=split,
+    )
+
+
+def read_labelled_file(path: Path, text_column: str, label_column: str, split: str) -> list[Example]:
+    """Read CSV, TSV (no quoting, as GLUE ships it) or JSON Lines into examples."""
+    text = read_utf8(path, split)
+    if path.suffix.lower() == ".jsonl":
+        examples = parse_jsonl(text, path, text_column, label_column)
+    else:
+        examples = parse_delimited(text, path, text_column, label_column, split)
+    if not examples:
+        raise UserInputError(f"{path}: has a header but no rows; the {split} split needs labelled examples")
+    return examples
+
+
+def read_utf8(path: Path, split: str) -> str:
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise UserInputError(
+            f"{path}: unsupported file type '{path.suffix}'; data.{split}_file must end in "
+            f"{', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a directory; data.{split}_file must name a file")
+    if not path.exists():
+        raise UserInputError(
+            f"{path}: file not found (relative paths start from the current directory, {Path.cwd()}); "
+            f"fix data.{split}_file, or run `finetune prepare-data` for the default dataset"
+        )
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise UserInputError(f"{path}: file is empty; data.{split}_file needs a header and labelled rows")
+    try:
+        return raw.decode("utf-8-sig")  # -sig: a byte-order mark from Excel is not part of the header
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UserInputError(
+            f"{path}, line {line}: bytes that are not UTF-8 ({raw[err.start:err.start + 4]!r}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def parse_delimited(text: str, path: Path, text_column: str, label_column: str, split: str) -> list[Example]:
+    is_tsv = path.suffix.lower() == ".tsv"
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter="\t" if is_tsv else ",",
+        quoting=csv.QUOTE_NONE if is_tsv else csv.QUOTE_MINIMAL,
+    )
+    header = next(reader)
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise UserInputError(f"{path}, line 1: duplicate column name(s) {duplicates}; rename them in the header")
+    text_index = column_index(header, text_column, "text", path, split)
+    label_index = column_index(header, label_column, "label", path, split)
+    examples = []
+    line = reader.line_num + 1
+    for row in reader:
+        if not any(field.strip() for field in row):  # blank line, e.g. at the end of the file
+            line = reader.line_num + 1
+            continue
+        if len(row) != len(header):
+            raise UserInputError(
+                f"{path}, line {line}: {len(row)} fields but the header has {len(header)}; "
+                "check the delimiter and the quoting of that line"
+            )
+        examples.append(make_example(row[text_index], row[label_index], line, path, text_column, label_column))
+        line = reader.line_num + 1
+    return examples
+
+
+def parse_jsonl(text: str, path: Path, text_column: str, label_column: str) -> list[Example]:
+    examples = []
+    for line, content in enumerate(text.splitlines(), start=1):
+        if not content.strip():
+            continue
+        try:
+            record = json.loads(content)
+        except json.JSONDecodeError as err:
+            raise UserInputError(f"{path}, line {line}: invalid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise UserInputError(f"{path}, line {line}: each line must be a JSON object with the text and the label")
+        for column in (text_column, label_column):
+            if column not in record:
+                raise UserInputError(
+                    f"{path}, line {line}: no key '{column}'; keys found: {', '.join(record)}. "
+                    "Set data.text_column / data.label_column (or data.columns.<split>.*) to match"
+                )
+        label = record[label_column]
+        if isinstance(label, bool) or not isinstance(label, (str, int, float, type(None))):
+            raise UserInputError(f"{path}, line {line}, key '{label_column}': a label must be a string or an integer")
+        if isinstance(label, float) and label.is_integer():
+            label = int(label)
+        if not isinstance(record[text_column], str):
+            raise UserInputError(f"{path}, line {line}, key '{text_column}': the text must be a string")
+        examples.append(make_example(record[text_column], "" if label is None else str(label), line, path, text_column, label_column))
+    return examples
+
+
+def column_index(header: list[str], column: str, role: str, path: Path, split: str) -> int:
+    if column in header:
+        return header.index(column)
+    raise UserInputError(
+        f"{path}, line 1: no {role} column '{column}'; columns found: {', '.join(header)}. "
+        f"Set data.{role}_column, or data.columns.{split}.{role}_column for this file only"
+    )
+
+
+def make_example(text: str, label: str, line: int, path: Path, text_column: str, label_column: str) -> Example:
+    if not text.strip():
+        raise UserInputError(f"{path}, line {line}, column '{text_column}': empty text; remove the row or fill it in")
+    label = label.strip()  # ' positive' and 'positive' are one label
+    if label.lower() in MISSING_LABEL_SPELLINGS:
+        raise UserInputError(
+            f"{path}, line {line}, column '{label_column}': missing label ({label!r}); remove the row or label it"
+        )
+    return Example(text=text, label=label, line=line)
+
+
+def label_names_from(train: list[Example], path: str) -> list[str]:
+    """Sorted label names (numerically when every label is an integer): label id = position."""
+    names = sorted({example.label for example in train})
+    if all(re.fullmatch(r"-?\d+", name) for name in names):
+        names.sort(key=int)
+    by_casefold: dict[str, list[str]] = {}
+    for name in names:
+        by_casefold.setdefault(name.casefold(), []).append(name)
+    clashes = [spellings for spellings in by_casefold.values() if len(spellings) > 1]
+    if clashes:
+        raise UserInputError(
+            f"{path}: labels that differ only by upper/lower case: {clashes}; they would become different "
+            "classes. Spell each label one way in the data"
+        )
+    if len(names) < 2:
+        raise UserInputError(f"{path}: every row has the label {names}; a classifier needs at least two classes")
+    return names
+
+
+def check_labels_seen_in_train(split: list[Example], label_names: list[str], name: str, path: str) -> None:
+    known = set(label_names)
+    for example in split:
+        if example.label not in known:
+            raise UserInputError(
+                f"{path}, line {example.line}: {name} label {example.label!r} never occurs in the train split "
+                f"(train labels: {label_names}); the model cannot predict a class it never saw"
+            )
+
+
+def stratified_split(
+    examples: list[Example], fraction: float, seed: int, name: str, path: str
+) -> tuple[list[Example], list[Example]]:
+    labels = [example.label for example in examples]
+    try:
+        kept, carved = train_test_split(examples, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as err:
+        raise UserInputError(
+            f"{path}: cannot carve a stratified {name} split of {fraction:.0%} from {len(examples)} rows ({err}); "
+            f"give data.{name}_file, or add rows to the rarest class"
+        ) from None
+    return kept, carved
+
+
+@dataclass
+class TokenizedSplit:
+    """A split as token ids (truncated to max_length, not padded) and label ids."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def tokenize_split(
+    examples: list[Example], label_names: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> TokenizedSplit:
+    label_ids = {name: index for index, name in enumerate(label_names)}
+    encoded = tokenizer([example.text for example in examples], truncation=True, max_length=max_length)
+    return TokenizedSplit(input_ids=encoded["input_ids"], labels=[label_ids[example.label] for example in examples])
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (batch, seq) padded to the longest text in this batch
+    attention_mask: torch.Tensor  # (batch, seq) 1 for real tokens, 0 for padding
+    labels: torch.Tensor  # (batch,)
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+
+def collate(split: TokenizedSplit, indices: list[int], pad_token_id: int) -> Batch:
+    """Dynamic padding: pad to the longest sequence in the batch, not to max_length."""
+    sequences = [split.input_ids[index] for index in indices]
+    longest = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
+    labels = torch.tensor([split.labels[index] for index in indices], dtype=torch.long)
+    return Batch(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+def training_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's batches of example indices: a permutation that depends only on (seed, epoch).
+
+    Being a pure function of (seed, epoch) is what lets a resumed run find its place again.
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_examples, generator=generator).tolist()
+    return [order[start : start + batch_size] for start in range(0, num_examples, batch_size)]
+
+
+def evaluation_batches(split: TokenizedSplit, batch_size: int) -> list[list[int]]:
+    """Batches of similar length (sorted, longest first): little padding, and order does not matter."""
+    order = sorted(range(len(split)), key=lambda index: len(split.input_ids[index]), reverse=True)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+    return math.ceil(num_examples / batch_size)

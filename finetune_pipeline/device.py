@@ -1,0 +1,91 @@
+"""Where the run computes (CPU, CUDA, MPS), in which precision, and how much memory it takes."""
+
+import contextlib
+import sys
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from finetune_pipeline.errors import UserInputError
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[requested]:
+        raise UserInputError(
+            f"training.device: '{requested}' is not available on this machine; set it to \"auto\" or \"cpu\""
+        )
+    return torch.device(requested)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU does bf16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    requested: str  # what the config asked for: no | fp16 | bf16
+    used: str  # what actually runs
+    reason: str  # why they differ ("" when they do not)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.used)
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and does not
+        return self.used == "fp16"
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """Honour the requested precision where the device does it well; otherwise fall back, and say why."""
+    if requested == "no":
+        return Precision(requested, "no", "")
+    if device.type == "cpu":
+        if not cpu_has_fast_bf16():
+            return Precision(requested, "no", "this CPU has no native bf16 and fp16 autocast on CPU is slow")
+        if requested == "fp16":
+            return Precision(requested, "bf16", "fp16 autocast on CPU is several times slower than fp32; "
+                             "this CPU has native bf16, which is faster and needs no loss scaling")
+        return Precision(requested, "bf16", "")
+    if device.type == "cuda" and requested == "bf16" and not torch.cuda.is_bf16_supported():
+        return Precision(requested, "fp16", "this GPU has no bf16 support; fp16 with loss scaling instead")
+    if device.type == "mps" and requested == "bf16":
+        return Precision(requested, "fp16", "bf16 autocast is not supported on MPS; fp16 instead")
+    return Precision(requested, requested, "")
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    if precision.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=precision.autocast_dtype)
+
+
+def memory_reading(device: torch.device) -> tuple[str, float]:
+    """(log key, MiB): peak allocated CUDA memory on a GPU, the process's resident memory otherwise."""
+    if device.type == "cuda":
+        return "cuda_peak_mb", torch.cuda.max_memory_allocated(device) / 2**20
+    return "rss_mb", psutil.Process().memory_info().rss / 2**20
+
+
+def peak_process_memory_mb() -> float:
+    """The process's peak resident memory since it started (the OS keeps this number)."""
+    info = psutil.Process().memory_info()
+    if hasattr(info, "peak_wset"):  # Windows
+        return info.peak_wset / 2**20
+    import resource  # POSIX only
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux

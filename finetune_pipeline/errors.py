@@ -1,0 +1,13 @@
+"""Errors that are the user's to fix, and the exit codes the CLI maps them to.
+
+Anything else that escapes is a bug in this package and keeps its traceback.
+"""
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by Ctrl-C (128 + SIGINT)
+
+
+class UserInputError(Exception):
+    """Bad config, data or arguments: the message says what, where, and how to fix it."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -1,0 +1,63 @@
+"""Evaluation: run the model over a split without gradients, then score the predictions."""
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from finetune_pipeline.data import TokenizedSplit, collate, evaluation_batches
+from finetune_pipeline.device import Precision, autocast
+from finetune_pipeline.model import TextClassifier
+
+
+@torch.inference_mode()
+def predict(
+    model: TextClassifier,
+    split: TokenizedSplit,
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
+    precision: Precision,
+) -> np.ndarray:
+    """Predicted label ids, in the split's original order."""
+    was_training = model.training
+    model.eval()
+    predictions = np.empty(len(split), dtype=np.int64)
+    for indices in evaluation_batches(split, batch_size):
+        batch = collate(split, indices, pad_token_id).to(device)
+        with autocast(device, precision):
+            logits = model(batch.input_ids, batch.attention_mask)  # (batch, num_labels)
+        predictions[indices] = logits.argmax(dim=-1).cpu().numpy()
+    model.train(was_training)
+    return predictions
+
+
+def classification_metrics(labels: list[int], predictions: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+    label_ids = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=label_ids, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=label_ids, average="macro", zero_division=0)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(label_names, precision, recall, f1, support)
+        },
+        # rows: true label, columns: predicted label, both in label_names order
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=label_ids).tolist(),
+    }
+
+
+def evaluate(
+    model: TextClassifier,
+    split: TokenizedSplit,
+    label_names: list[str],
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
+    precision: Precision,
+) -> dict[str, Any]:
+    predictions = predict(model, split, batch_size, pad_token_id, device, precision)
+    return classification_metrics(split.labels, predictions, label_names)

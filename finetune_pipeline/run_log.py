@@ -1,0 +1,74 @@
+"""train.log: one line per event, as `key=value` pairs that both people and scripts can read.
+
+    2026-11-24 11:40:02 event=step epoch=1 step=50 loss=0.6931 lr_head=0.000992 ...
+
+Values with spaces are double-quoted; `parse_line` turns a line back into a dict.
+"""
+
+import logging
+import shlex
+from pathlib import Path
+from typing import Any
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+LOGGER_NAME = "finetune_pipeline"
+logger = logging.getLogger(LOGGER_NAME)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return shlex.quote(text) if (not text or any(c.isspace() or c in "\"'=" for c in text)) else text
+
+
+def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    logger.log(level, " ".join([f"event={event}", *(f"{key}={format_value(value)}" for key, value in fields.items())]))
+
+
+def parse_line(line: str) -> dict[str, str]:
+    """'2026-11-24 11:40:02 event=step loss=0.69' -> {'time': '2026-11-24 11:40:02', 'event': 'step', 'loss': '0.69'}."""
+    date, time, rest = line.rstrip("\n").split(" ", 2)
+    fields = dict(token.split("=", 1) for token in shlex.split(rest))
+    return {"time": f"{date} {time}", **fields}
+
+
+def read_events(path: str | Path, event: str | None = None) -> list[dict[str, str]]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    events = [parse_line(line) for line in lines if line.strip()]
+    return [entry for entry in events if event is None or entry.get("event") == event]
+
+
+class RunLogging:
+    """Sends the package's log to the console and to the run's train.log, for the span of a `with`.
+
+    Console lines go through tqdm so that they do not break the progress bars.
+    """
+
+    def __init__(self, log_file: Path) -> None:
+        self.file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        self.file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+        self.redirect = logging_redirect_tqdm([logger])
+
+    def __enter__(self) -> "RunLogging":
+        self.previous_level = logger.level
+        logger.setLevel(logging.INFO)  # train.log gets every event, whatever the caller's logging setup
+        logger.addHandler(self.file_handler)
+        self.redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.redirect.__exit__(*exc_info)
+        logger.removeHandler(self.file_handler)
+        logger.setLevel(self.previous_level)
+        self.file_handler.close()
+
+
+def configure_console_logging() -> None:
+    """Console output for the CLI: the message only, warnings marked as such."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -1,0 +1,191 @@
+"""The training loop, written out step by step.
+
+Words used throughout: a *micro-batch* is what goes through the model at once (batch_size
+examples); an optimizer *step* happens after gradient_accumulation_steps micro-batches. `step`
+always counts optimizer steps, `batch_idx` counts micro-batches within an epoch.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from finetune_pipeline.artifacts import BEST_MODEL_FILE, checkpoint_payload, save_torch
+from finetune_pipeline.config import Config, TrainingConfig
+from finetune_pipeline.data import TokenizedSplit, collate, training_batches
+from finetune_pipeline.device import Precision, autocast, memory_reading
+from finetune_pipeline.evaluation import evaluate
+from finetune_pipeline.model import TextClassifier
+from finetune_pipeline.run_log import log_event
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float  # mean per-example loss over the epoch
+    val_metrics: dict[str, Any]
+    val_score: float
+    time_s: float
+    steps: int  # optimizer steps done by the end of this epoch
+
+
+@dataclass
+class TrainingOutcome:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_score: float = -math.inf
+    best_val_metrics: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    stopped_early: bool = False
+
+
+def build_optimizer(model: TextClassifier, training: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW with the head and the encoder in separate groups, each with its own learning rate.
+
+    Only parameters with requires_grad go in: a frozen backbone is not in the optimizer at all, so
+    weight decay cannot touch it. Biases and LayerNorm weights (1-D tensors) get no weight decay.
+    """
+    groups = []
+    for name, module, lr in (
+        ("head", model.head, training.learning_rate),
+        ("encoder", model.backbone, training.encoder_learning_rate),
+    ):
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        if not trainable:
+            continue
+        groups.append({"name": name, "lr": lr, "weight_decay": training.weight_decay,
+                       "params": [p for p in trainable if p.ndim >= 2]})
+        groups.append({"name": f"{name}_no_decay", "lr": lr, "weight_decay": 0.0,
+                       "params": [p for p in trainable if p.ndim < 2]})
+    return torch.optim.AdamW(groups)
+
+
+def current_lr(optimizer: torch.optim.Optimizer, group_name: str) -> float:
+    """The group's learning rate now; 0 for a group that is not trained (a frozen encoder)."""
+    return next((group["lr"] for group in optimizer.param_groups if group["name"] == group_name), 0.0)
+
+
+def optimizer_steps_per_epoch(num_examples: int, training: TrainingConfig) -> int:
+    micro_batches = math.ceil(num_examples / training.batch_size)
+    return math.ceil(micro_batches / training.gradient_accumulation_steps)
+
+
+def train_model(
+    model: TextClassifier,
+    train: TokenizedSplit,
+    val: TokenizedSplit,
+    label_names: list[str],
+    config: Config,
+    pad_token_id: int,
+    device: torch.device,
+    precision: Precision,
+    run_dir: Path,
+    on_epoch_end: Callable[[TrainingOutcome], None],
+) -> TrainingOutcome:
+    training = config.training
+    accumulation = training.gradient_accumulation_steps
+    steps_per_epoch = optimizer_steps_per_epoch(len(train), training)
+    total_steps = steps_per_epoch * training.epochs
+
+    optimizer = build_optimizer(model, training)
+    scheduler = get_scheduler(
+        training.scheduler,
+        optimizer,
+        num_warmup_steps=round(training.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    # Loss scaling keeps small fp16 gradients from rounding to zero; a no-op unless precision is fp16.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+    trainable_parameters = [p for group in optimizer.param_groups for p in group["params"]]
+
+    outcome = TrainingOutcome()
+    epochs_without_improvement = 0
+    step = 0
+    for epoch in tqdm(range(1, training.epochs + 1), desc="epochs", unit="epoch", disable=None):
+        model.train()
+        epoch_start = time.perf_counter()
+        batches = training_batches(len(train), training.batch_size, config.seed, epoch)
+        epoch_loss_sum, epoch_examples = 0.0, 0
+        window_loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
+        window_examples, window_start_time = 0, time.perf_counter()
+        progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{training.epochs}", unit="step",
+                        leave=False, disable=None)
+
+        for batch_idx, indices in enumerate(batches):
+            # The optimizer step this micro-batch belongs to, and how many examples that step sees.
+            # The last window of an epoch may be shorter: its examples still weigh 1/(its size).
+            window_first = batch_idx - batch_idx % accumulation
+            window = batches[window_first : window_first + accumulation]
+            examples_in_step = sum(len(micro_batch) for micro_batch in window)
+
+            batch = collate(train, indices, pad_token_id).to(device)
+            with autocast(device, precision):
+                logits = model(batch.input_ids, batch.attention_mask)  # (batch, num_labels)
+            loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+            # Dividing each example's loss by the step's example count makes batch 2 x accumulation 4
+            # compute exactly the gradient of batch 8 x accumulation 1.
+            scaler.scale(loss_sum / examples_in_step).backward()
+            window_loss_sum += loss_sum.detach()
+            window_examples += len(indices)
+
+            is_last_micro_batch = (batch_idx + 1) % accumulation == 0 or batch_idx + 1 == len(batches)
+            if not is_last_micro_batch:
+                continue
+            # The optimizer step, in the order that keeps fp16 correct:
+            # unscale -> clip -> step -> update the scale -> zero the gradients -> next learning rate.
+            if training.max_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable_parameters, training.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            progress.update(1)
+
+            if step % training.log_every_steps == 0 or batch_idx + 1 == len(batches):
+                window_loss = window_loss_sum.item() / window_examples  # mean per example since the last line
+                elapsed = time.perf_counter() - window_start_time
+                memory_key, memory_mb = memory_reading(device)
+                log_event(
+                    "step", epoch=epoch, step=step, loss=window_loss,
+                    lr_head=current_lr(optimizer, "head"), lr_encoder=current_lr(optimizer, "encoder"),
+                    samples_per_s=window_examples / elapsed, **{memory_key: memory_mb},
+                )
+                progress.set_postfix(loss=f"{window_loss:.4f}")
+                epoch_loss_sum += window_loss_sum.item()
+                epoch_examples += window_examples
+                window_loss_sum.zero_()
+                window_examples, window_start_time = 0, time.perf_counter()
+        progress.close()
+
+        val_metrics = evaluate(model, val, label_names, training.eval_batch_size, pad_token_id, device, precision)
+        val_score = val_metrics[training.metric]
+        record = EpochRecord(epoch, epoch_loss_sum / epoch_examples, val_metrics, val_score,
+                             time.perf_counter() - epoch_start, step)
+        outcome.history.append(record)
+        outcome.steps = step
+        improved = val_score > outcome.best_val_score
+        if improved:
+            outcome.best_epoch, outcome.best_val_score, outcome.best_val_metrics = epoch, val_score, val_metrics
+            save_torch(run_dir / BEST_MODEL_FILE, checkpoint_payload(model, label_names, config, epoch, step))
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+        log_event(
+            "epoch", epoch=epoch, step=step, train_loss=record.train_loss, val_accuracy=val_metrics["accuracy"],
+            val_macro_f1=val_metrics["macro_f1"], val_score=val_score, best=improved, epoch_time_s=record.time_s,
+        )
+        on_epoch_end(outcome)
+        patience = training.early_stopping_patience
+        if patience is not None and epochs_without_improvement >= patience:
+            log_event("early_stop", epoch=epoch, patience=patience, best_epoch=outcome.best_epoch)
+            outcome.stopped_early = True
+            break
+    return outcome
