@@ -4,6 +4,7 @@ Every problem in a file is reported with the file, the line and the column, beca
 who gets "KeyError: 'text'" from deep inside a library learns nothing.
 """
 
+import codecs
 import csv
 import io
 import json
@@ -93,11 +94,11 @@ def read_utf8(path: Path, split: str) -> str:
             f"{path}: file not found (relative paths start from the current directory, {Path.cwd()}); "
             f"fix data.{split}_file, or run `finetune prepare-data` for the default dataset"
         )
-    raw = path.read_bytes()
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # Excel's byte-order mark is not part of the header
     if not raw.strip():
         raise UserInputError(f"{path}: file is empty; data.{split}_file needs a header and labelled rows")
     try:
-        return raw.decode("utf-8-sig")  # -sig: a byte-order mark from Excel is not part of the header
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise UserInputError(
@@ -137,7 +138,8 @@ def parse_delimited(text: str, path: Path, text_column: str, label_column: str, 
 
 def parse_jsonl(text: str, path: Path, text_column: str, label_column: str) -> list[Example]:
     examples = []
-    for line, content in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also split on U+2028 and friends, legal inside JSON strings
+    for line, content in enumerate(text.split("\n"), start=1):
         if not content.strip():
             continue
         try:

@@ -134,11 +134,6 @@ def test_jsonl_missing_key_lists_the_keys_found(tmp_path):
     assert "sentence" in message
 
 
-@pytest.mark.xfail(
-    reason="data.parse_jsonl splits records with str.splitlines(), which also breaks on U+2028/U+0085 etc. "
-    "that JSON allows raw inside strings, so a valid record is reported as invalid JSON",
-    strict=True,
-)
 def test_jsonl_text_with_unicode_line_separator_is_one_record(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "first\u2028second", "label": "a"}, {"text": "x\x85y", "label": "b"}])
     examples = read(path)
@@ -209,11 +204,6 @@ def test_empty_file(tmp_path, content):
     assert "empty" in message
 
 
-@pytest.mark.xfail(
-    reason="data.parse_delimited calls next(reader) on an empty document: a file holding only a UTF-8 BOM "
-    "(what Excel writes for an empty sheet) escapes as StopIteration instead of a UserInputError",
-    strict=True,
-)
 def test_file_with_only_a_byte_order_mark_is_a_user_error(tmp_path):
     path = tmp_path / "bom_only.csv"
     path.write_bytes(b"\xef\xbb\xbf")
@@ -300,11 +290,6 @@ def test_bytes_that_are_not_utf8_report_their_line(tmp_path):
     assert "UTF-8" in message
 
 
-@pytest.mark.xfail(
-    reason="data.read_utf8 decodes with utf-8-sig, whose error offsets do not count the 3 BOM bytes, but indexes "
-    "the raw bytes with them: after a BOM the reported line (and the bytes shown) can be wrong",
-    strict=True,
-)
 def test_bytes_that_are_not_utf8_report_their_line_after_a_bom(tmp_path):
     path = tmp_path / "bom_latin1.csv"
     path.write_bytes(b"\xef\xbb\xbftext,label\na,1\n\xe9b,2\n")
