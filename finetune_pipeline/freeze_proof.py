@@ -15,22 +15,24 @@ from torch import nn
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
     raw_bytes = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-    return hashlib.sha256(raw_bytes.numpy().tobytes()).hexdigest()
+    return hashlib.sha256(raw_bytes.numpy()).hexdigest()  # hashes the buffer in place, no copy
 
 
 @dataclass
 class Snapshot:
-    """A module's tensors before training: their hashes, and a CPU copy to measure the change."""
+    """A module's tensors before training: their hashes, and (optionally) a CPU copy to measure the change."""
 
     hashes: dict[str, str]
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor] | None
 
 
-def snapshot(module: nn.Module) -> Snapshot:
+def snapshot(module: nn.Module, keep_copy: bool) -> Snapshot:
+    """keep_copy=False saves a copy of the weights in memory; a change is then still detected (by hash),
+    but its size is not measured."""
     state = module.state_dict()
     return Snapshot(
         hashes={name: tensor_sha256(tensor) for name, tensor in state.items()},
-        tensors={name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()},
+        tensors={name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()} if keep_copy else None,
     )
 
 
@@ -46,13 +48,15 @@ def fingerprint(module: nn.Module) -> str:
 def compare(before: Snapshot, module: nn.Module) -> dict[str, Any]:
     after = module.state_dict()
     tensors = {}
-    max_abs_change = 0.0
+    max_abs_change: float | None = 0.0
     for name, tensor in after.items():
         after_hash = tensor_sha256(tensor)
-        change = 0.0
-        if after_hash != before.hashes[name] and tensor.is_floating_point():
-            change = (tensor.detach().cpu().float() - before.tensors[name].float()).abs().max().item()
-        max_abs_change = max(max_abs_change, change)
+        change: float | None = 0.0
+        if after_hash != before.hashes[name]:
+            change = None  # changed, by an amount we cannot measure without the copy
+            if before.tensors is not None and tensor.is_floating_point():
+                change = (tensor.detach().cpu().float() - before.tensors[name].float()).abs().max().item()
+        max_abs_change = None if change is None or max_abs_change is None else max(max_abs_change, change)
         tensors[name] = {
             "before_sha256": before.hashes[name],
             "after_sha256": after_hash,

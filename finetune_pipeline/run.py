@@ -59,7 +59,10 @@ def run_training(config: Config) -> Path:
             artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
 
         try:
-            backbone_before, head_before = snapshot(model.backbone), snapshot(model.head)
+            # A frozen backbone is not copied (it should not change: the hashes prove whether it did);
+            # a trained one is, to measure how far it moved.
+            backbone_before = snapshot(model.backbone, keep_copy=not config.training.freeze_backbone)
+            head_before = snapshot(model.head, keep_copy=True)
             outcome = train_model(
                 model, tokenized["train"], tokenized["val"], splits.label_names, config,
                 tokenizer.pad_token_id, device, precision, run_dir, on_epoch_end=record_epoch,

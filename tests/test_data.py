@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -11,13 +12,13 @@ import torch
 
 from finetune_pipeline.config import ColumnNames, ColumnOverrides, DataConfig
 from finetune_pipeline.data import (
+    PAD_TO_MULTIPLE_OF,
     Example,
     TokenizedSplit,
     collate,
     evaluation_batches,
     label_names_from,
     load_splits,
-    num_batches,
     read_labelled_file,
     training_batches,
 )
@@ -532,7 +533,7 @@ def test_training_batches_cover_every_index_once_with_the_right_sizes(n, b):
     batches = training_batches(n, b, seed=1, epoch=0)
     flat = [index for batch in batches for index in batch]
     assert sorted(flat) == list(range(n))
-    assert len(batches) == num_batches(n, b)
+    assert len(batches) == math.ceil(n / b)
     assert all(len(batch) == b for batch in batches[:-1])
     assert 1 <= len(batches[-1]) <= b
     assert len(batches[-1]) == (n % b or b)
@@ -565,22 +566,27 @@ def test_training_order_does_not_depend_on_batch_size(epoch):
     assert all(order == orders[0] for order in orders)
 
 
-def test_collate_pads_to_the_longest_in_the_batch():
-    split = TokenizedSplit(input_ids=[[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]], labels=[1, 0, 2, 1])
+def padded(rows: list[list[int]], width: int, pad: int) -> list[list[int]]:
+    return [row + [pad] * (width - len(row)) for row in rows]
+
+
+def test_collate_pads_to_the_longest_in_the_batch_rounded_up_to_a_multiple_of_8():
+    split = TokenizedSplit(input_ids=[[5, 6, 7], [8], list(range(20, 30)), [14, 15]], labels=[1, 0, 2, 1])
     batch = collate(split, [0, 1, 3], pad_token_id=99)
-    # longest among the chosen rows is 3 (row 2, length 5, is not in this batch)
-    assert batch.input_ids.shape == (3, 3)
-    assert batch.input_ids.tolist() == [[5, 6, 7], [8, 99, 99], [14, 15, 99]]
-    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    # longest among the chosen rows is 3 -> 8 (row 2, length 10, is not in this batch: no padding to 16)
+    assert PAD_TO_MULTIPLE_OF == 8
+    assert batch.input_ids.shape == (3, 8)
+    assert batch.input_ids.tolist() == padded([[5, 6, 7], [8], [14, 15]], 8, 99)
+    assert batch.attention_mask.tolist() == padded([[1, 1, 1], [1], [1, 1]], 8, 0)
     assert batch.labels.tolist() == [1, 0, 1]
     assert batch.input_ids.dtype == batch.attention_mask.dtype == batch.labels.dtype == torch.long
+    assert collate(split, [2, 0], pad_token_id=99).input_ids.shape == (2, 16)
 
 
 def test_collate_mask_marks_exactly_the_padding_even_when_pad_id_occurs_in_text():
     split = TokenizedSplit(input_ids=[[0, 4, 0], [7, 0, 7, 7, 1]], labels=[0, 1])
     batch = collate(split, [1, 0], pad_token_id=0)
-    assert batch.input_ids.tolist() == [[7, 0, 7, 7, 1], [0, 4, 0, 0, 0]]
-    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert batch.input_ids.tolist() == padded([[7, 0, 7, 7, 1], [0, 4, 0]], 8, 0)
     assert batch.attention_mask.sum(dim=1).tolist() == [5, 3]
     assert batch.labels.tolist() == [1, 0]
 
@@ -588,8 +594,8 @@ def test_collate_mask_marks_exactly_the_padding_even_when_pad_id_occurs_in_text(
 def test_batch_to_keeps_values():
     split = TokenizedSplit(input_ids=[[1, 2], [3]], labels=[0, 1])
     batch = collate(split, [0, 1], pad_token_id=0).to(torch.device("cpu"))
-    assert batch.input_ids.tolist() == [[1, 2], [3, 0]]
-    assert batch.attention_mask.tolist() == [[1, 1], [1, 0]]
+    assert batch.input_ids.tolist() == padded([[1, 2], [3]], 8, 0)
+    assert batch.attention_mask.tolist() == padded([[1, 1], [1]], 8, 0)
     assert batch.labels.tolist() == [0, 1]
 
 
