@@ -68,6 +68,12 @@ class TrainingConfig(StrictModel):
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_grad_norm: float | None = Field(1.0, gt=0)
     freeze_backbone: bool = True
+    # frozen backbone only: compute its features once, reuse them from output.cache_dir across runs
+    cache_features: bool = True
+    # batches of similar-length texts (shuffled), the longest first: less padding, early out-of-memory
+    group_by_length: bool = True
+    # trained backbone only: recompute activations during backward, trading compute for memory
+    gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
     log_every_steps: int = Field(50, ge=1)
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
@@ -77,6 +83,7 @@ class TrainingConfig(StrictModel):
 
 class OutputConfig(StrictModel):
     artifacts_root: str = "finetune_pipeline/artifacts"
+    cache_dir: str = "finetune_pipeline/cache"
 
 
 class Config(StrictModel):

@@ -1,4 +1,6 @@
-"""Data: read labelled files -> map labels to ids -> split -> tokenize -> batches.
+"""Data: read labelled files -> check them -> map labels to ids -> split into train/val/test.
+
+Tokenizing and batching come next, in batching.py.
 
 Every problem in a file is reported with the file, the line and the column, because a student
 who gets "KeyError: 'text'" from deep inside a library learns nothing.
@@ -8,14 +10,11 @@ import codecs
 import csv
 import io
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from sklearn.model_selection import train_test_split
-from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.config import DataConfig
 from finetune_pipeline.errors import UserInputError
@@ -226,70 +225,3 @@ def stratified_split(
             f"give data.{name}_file, or add rows to the rarest class"
         ) from None
     return kept, carved
-
-
-@dataclass
-class TokenizedSplit:
-    """A split as token ids (truncated to max_length, not padded) and label ids."""
-
-    input_ids: list[list[int]]
-    labels: list[int]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def tokenize_split(
-    examples: list[Example], label_names: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int
-) -> TokenizedSplit:
-    label_ids = {name: index for index, name in enumerate(label_names)}
-    encoded = tokenizer([example.text for example in examples], truncation=True, max_length=max_length)
-    return TokenizedSplit(input_ids=encoded["input_ids"], labels=[label_ids[example.label] for example in examples])
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # (batch, seq) padded to the longest text in this batch
-    attention_mask: torch.Tensor  # (batch, seq) 1 for real tokens, 0 for padding
-    labels: torch.Tensor  # (batch,)
-
-    def to(self, device: torch.device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
-
-
-# Rounding the padded length up to a multiple of 8 leaves few distinct tensor shapes. On a CPU every new
-# shape makes oneDNN build and cache new kernels: with lengths 1..256 at batch 1 under bf16 that cache
-# grew the process by ~450 MB and made it slower; multiples of 8 kept memory flat and ran 20% faster.
-# GPUs' tensor cores also prefer multiples of 8. Padding is masked, so results do not change.
-PAD_TO_MULTIPLE_OF = 8
-
-
-def collate(split: TokenizedSplit, indices: list[int], pad_token_id: int) -> Batch:
-    """Dynamic padding: pad to the longest sequence in the batch (rounded up to a multiple of 8),
-    not to max_length."""
-    sequences = [split.input_ids[index] for index in indices]
-    longest = max(len(sequence) for sequence in sequences)
-    longest = math.ceil(longest / PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
-    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[row, : len(sequence)] = 1
-    labels = torch.tensor([split.labels[index] for index in indices], dtype=torch.long)
-    return Batch(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-
-
-def training_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The epoch's batches of example indices: a permutation that depends only on (seed, epoch).
-
-    Being a pure function of (seed, epoch) is what lets a resumed run find its place again.
-    """
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(num_examples, generator=generator).tolist()
-    return [order[start : start + batch_size] for start in range(0, num_examples, batch_size)]
-
-
-def evaluation_batches(split: TokenizedSplit, batch_size: int) -> list[list[int]]:
-    """Batches of similar length (sorted, longest first): little padding, and order does not matter."""
-    order = sorted(range(len(split)), key=lambda index: len(split.input_ids[index]), reverse=True)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

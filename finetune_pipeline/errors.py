@@ -4,6 +4,7 @@ Anything else that escapes is a bug in this package and keeps its traceback.
 """
 
 EXIT_BAD_INPUT = 2
+EXIT_OUT_OF_MEMORY = 3
 EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by Ctrl-C (128 + SIGINT)
 
 
@@ -11,3 +12,9 @@ class UserInputError(Exception):
     """Bad config, data or arguments: the message says what, where, and how to fix it."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class OutOfMemory(UserInputError):
+    """The run does not fit in memory: the message names the cause and the knobs that make it fit."""
+
+    exit_code = EXIT_OUT_OF_MEMORY

@@ -6,17 +6,17 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from finetune_pipeline.data import TokenizedSplit, collate, evaluation_batches
+from finetune_pipeline.batching import TokenizedSplit, evaluation_batches
 from finetune_pipeline.device import Precision, autocast
+from finetune_pipeline.feature_cache import FeatureSplit
 from finetune_pipeline.model import TextClassifier
 
 
 @torch.inference_mode()
 def predict(
     model: TextClassifier,
-    split: TokenizedSplit,
+    split: TokenizedSplit | FeatureSplit,
     batch_size: int,
-    pad_token_id: int,
     device: torch.device,
     precision: Precision,
 ) -> np.ndarray:
@@ -24,10 +24,10 @@ def predict(
     was_training = model.training
     model.eval()
     predictions = np.empty(len(split), dtype=np.int64)
-    for indices in evaluation_batches(split, batch_size):
-        batch = collate(split, indices, pad_token_id).to(device)
+    for indices in evaluation_batches(split.lengths, batch_size):
+        batch = split.batch(indices).to(device)
         with autocast(device, precision):
-            logits = model(batch.input_ids, batch.attention_mask)  # (batch, num_labels)
+            logits = batch.logits(model)  # (batch, num_labels)
         predictions[indices] = logits.argmax(dim=-1).cpu().numpy()
     model.train(was_training)
     return predictions
@@ -52,12 +52,11 @@ def classification_metrics(labels: list[int], predictions: np.ndarray, label_nam
 
 def evaluate(
     model: TextClassifier,
-    split: TokenizedSplit,
+    split: TokenizedSplit | FeatureSplit,
     label_names: list[str],
     batch_size: int,
-    pad_token_id: int,
     device: torch.device,
     precision: Precision,
 ) -> dict[str, Any]:
-    predictions = predict(model, split, batch_size, pad_token_id, device, precision)
-    return classification_metrics(split.labels, predictions, label_names)
+    predictions = predict(model, split, batch_size, device, precision)
+    return classification_metrics(list(map(int, split.labels)), predictions, label_names)

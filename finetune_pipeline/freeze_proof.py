@@ -36,12 +36,12 @@ def snapshot(module: nn.Module, keep_copy: bool) -> Snapshot:
     )
 
 
-def fingerprint(module: nn.Module) -> str:
-    """One hash for a whole module's state: identifies exact weights (used to check checkpoints)."""
+def fingerprint_of(snapshot: Snapshot) -> str:
+    """One hash for a whole module's state: identifies exact weights (the feature cache's key uses it)."""
     digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
+    for name, tensor_hash in snapshot.hashes.items():
         digest.update(name.encode())
-        digest.update(tensor_sha256(tensor).encode())
+        digest.update(tensor_hash.encode())
     return digest.hexdigest()
 
 

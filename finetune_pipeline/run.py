@@ -7,6 +7,7 @@ run folder exists, so a bad input leaves nothing behind.
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,40 @@ import torch
 import transformers
 
 from finetune_pipeline import artifacts
+from finetune_pipeline.batching import TokenizedSplit, length_statistics, tokenize_split
 from finetune_pipeline.config import Config
-from finetune_pipeline.data import Splits, load_splits, tokenize_split
+from finetune_pipeline.data import Splits, load_splits
 from finetune_pipeline.device import Precision, peak_process_memory_mb, resolve_device, resolve_precision
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.evaluation import evaluate
-from finetune_pipeline.freeze_proof import build_freeze_proof, snapshot
-from finetune_pipeline.model import backbone_max_length, build_model, count_parameters
+from finetune_pipeline.feature_cache import FeatureSplit, cache_key, extract_features, load_or_compute
+from finetune_pipeline.freeze_proof import Snapshot, build_freeze_proof, fingerprint_of, snapshot
+from finetune_pipeline.memory_check import check_fits, is_out_of_memory, out_of_memory, run_preflight
+from finetune_pipeline.model import TextClassifier, backbone_max_length, build_model, count_parameters
 from finetune_pipeline.run_log import RunLogging, log_event
 from finetune_pipeline.training import TrainingOutcome, optimizer_steps_per_epoch, train_model
 
+SPLIT_NAMES = ("train", "val", "test")
 
-def run_training(config: Config) -> Path:
-    """Train as the config says and return the run folder."""
-    started = time.perf_counter()
+
+@dataclass
+class PreparedRun:
+    """Everything a run needs, checked and loaded, before anything is written."""
+
+    config: Config
+    device: torch.device
+    precision: Precision
+    splits: Splits
+    model: TextClassifier
+    tokenized: dict[str, TokenizedSplit]
+    pad_token_id: int
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        return self.config.training.freeze_backbone and self.config.training.cache_features
+
+
+def prepare_run(config: Config) -> PreparedRun:
     device = resolve_device(config.training.device)
     precision = resolve_precision(config.training.mixed_precision, device)
     splits = load_splits(config.data, config.seed)
@@ -40,33 +61,88 @@ def run_training(config: Config) -> Path:
             f"data.max_length: {config.data.max_length} is more than the backbone '{config.model.backbone}' "
             f"can read ({longest} tokens); set it to {longest} or less"
         )
+    if config.training.gradient_checkpointing and not config.training.freeze_backbone:
+        enable_activation_checkpointing(model.backbone)
     tokenized = {
         name: tokenize_split(examples, splits.label_names, tokenizer, config.data.max_length)
-        for name, examples in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        for name, examples in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test))
     }
-    model.to(device)
+    return PreparedRun(config, device, precision, splits, model.to(device), tokenized, tokenizer.pad_token_id)
+
+
+def enable_activation_checkpointing(backbone: torch.nn.Module) -> None:
+    """Keep only each layer's input during forward and recompute the rest during backward."""
+    if hasattr(backbone, "activation_checkpointing_enable"):  # the name since transformers 5
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def dry_run(config: Config) -> dict[str, Any]:
+    """What a run would do, and whether its heaviest step fits in memory; writes nothing."""
+    prepared = prepare_run(config)
+    preflight = run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.device,
+                              prepared.precision, prepared.uses_feature_cache)
+    steps_per_epoch = optimizer_steps_per_epoch(len(prepared.splits.train), config.training)
+    return {
+        "config": config.to_plain(),
+        "device": str(prepared.device),
+        "mixed_precision": {"requested": prepared.precision.requested, "used": prepared.precision.used,
+                            "reason": prepared.precision.reason},
+        "split_sizes": prepared.splits.sizes(),
+        "label_names": prepared.splits.label_names,
+        "token_lengths": token_lengths(prepared),
+        "uses_feature_cache": prepared.uses_feature_cache,
+        "effective_batch_size": config.effective_batch_size(),
+        "optimizer_steps_per_epoch": steps_per_epoch,
+        "optimizer_steps_total": steps_per_epoch * config.training.epochs,
+        "preflight": preflight.as_dict(),
+        "fits_in_memory": preflight.predicted_peak_mb <= preflight.available_mb,
+    }
+
+
+def token_lengths(prepared: PreparedRun) -> dict[str, dict[str, float]]:
+    return {name: length_statistics(split, prepared.config.data.max_length) for name, split in prepared.tokenized.items()}
+
+
+def run_training(config: Config) -> Path:
+    """Train as the config says and return the run folder."""
+    started = time.perf_counter()
+    prepared = prepare_run(config)
+    model, device, precision, splits = prepared.model, prepared.device, prepared.precision, prepared.splits
 
     run_dir = artifacts.create_run_dir(config.output.artifacts_root)
     artifacts.write_json(run_dir / artifacts.CONFIG_FILE, config.to_plain())
     with RunLogging(run_dir / artifacts.TRAIN_LOG_FILE):
-        metrics = initial_metrics(config, splits, model, device, precision)
-        log_run_start(config, run_dir, splits, metrics, precision)
+        metrics = initial_metrics(prepared)
+        log_run_start(prepared, run_dir, metrics)
         artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
 
         def record_epoch(outcome: TrainingOutcome) -> None:
-            metrics.update(progress_metrics(outcome, config))
+            metrics.update(progress_metrics(outcome))
             metrics["wall_time_s"] = time.perf_counter() - started
             artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
 
         try:
+            preflight = run_preflight(model, prepared.tokenized["train"], config, device, precision,
+                                      prepared.uses_feature_cache)
+            metrics["preflight"] = preflight.as_dict()
+            log_event("preflight", **metrics["preflight"])
+            check_fits(preflight, config)
+
             # A frozen backbone is not copied (it should not change: the hashes prove whether it did);
             # a trained one is, to measure how far it moved.
             backbone_before = snapshot(model.backbone, keep_copy=not config.training.freeze_backbone)
             head_before = snapshot(model.head, keep_copy=True)
-            outcome = train_model(
-                model, tokenized["train"], tokenized["val"], splits.label_names, config,
-                tokenizer.pad_token_id, device, precision, run_dir, on_epoch_end=record_epoch,
-            )
+            if prepared.uses_feature_cache:
+                inputs = cached_feature_splits(prepared, backbone_before)
+                metrics["feature_cache"] = {name: split_status for name, (_, split_status) in inputs.items()}
+                train_split, val_split, test_split = (inputs[name][0] for name in SPLIT_NAMES)
+            else:
+                train_split, val_split, test_split = (prepared.tokenized[name] for name in SPLIT_NAMES)
+
+            outcome = train_model(model, train_split, val_split, splits.label_names, config, device, precision,
+                                  run_dir, on_epoch_end=record_epoch)
             artifacts.save_torch(
                 run_dir / artifacts.FINAL_MODEL_FILE,
                 artifacts.checkpoint_payload(model, splits.label_names, config, outcome.history[-1].epoch, outcome.steps),
@@ -82,8 +158,8 @@ def run_training(config: Config) -> Path:
             best = artifacts.load_checkpoint(run_dir / artifacts.BEST_MODEL_FILE)
             model.load_state_dict(best["model_state"])
             artifacts.save_torch(run_dir / artifacts.HEAD_FILE, model.head.state_dict())
-            test_metrics = evaluate(model, tokenized["test"], splits.label_names, config.training.eval_batch_size,
-                                    tokenizer.pad_token_id, device, precision)
+            test_metrics = evaluate(model, test_split, splits.label_names, config.training.eval_batch_size,
+                                    device, precision)
             metrics.update(
                 status="completed",
                 test_score=test_metrics[config.training.metric],
@@ -92,14 +168,17 @@ def run_training(config: Config) -> Path:
             )
             log_event("test", best_epoch=outcome.best_epoch, test_score=metrics["test_score"],
                       test_accuracy=test_metrics["accuracy"], test_macro_f1=test_metrics["macro_f1"])
-        except KeyboardInterrupt:
-            metrics["status"] = "interrupted"
-            log_event("interrupted", level=logging.WARNING, message="stopped by Ctrl-C; files written so far are complete")
-            raise
-        except BaseException as err:
-            metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
-            log_event("failed", level=logging.ERROR, error=metrics["error"])
-            raise
+        except BaseException as error:
+            if is_out_of_memory(error):
+                error = out_of_memory(config, "during training", str(error).splitlines()[0])
+            interrupted = isinstance(error, KeyboardInterrupt)
+            metrics["status"] = "interrupted" if interrupted else "failed"
+            if interrupted:
+                log_event("interrupted", level=logging.WARNING, message="stopped by Ctrl-C; files written so far are complete")
+            else:
+                metrics["error"] = f"{type(error).__name__}: {error}"
+                log_event("failed", level=logging.ERROR, error=metrics["error"])
+            raise error from None
         finally:
             metrics["wall_time_s"] = time.perf_counter() - started
             metrics["peak_memory_mb"] = peak_memory_mb(device)
@@ -109,6 +188,26 @@ def run_training(config: Config) -> Path:
     return run_dir
 
 
+def cached_feature_splits(prepared: PreparedRun, backbone_before: Snapshot) -> dict[str, tuple[FeatureSplit, str]]:
+    """Each split's pooled backbone features, from the cache or computed once; with the cache status."""
+    config = prepared.config
+    backbone_sha256 = fingerprint_of(backbone_before)
+    result = {}
+    for name, split in prepared.tokenized.items():
+        started = time.perf_counter()
+        key = cache_key(split, config.model.backbone, backbone_sha256, config.model.pooling, prepared.precision,
+                        prepared.device)
+        features, status, path = load_or_compute(
+            Path(config.output.cache_dir), key,
+            lambda: extract_features(prepared.model, split, config.training.eval_batch_size, prepared.device,
+                                     prepared.precision),
+        )
+        log_event("feature_cache", split=name, status=status, examples=len(split),
+                  seconds=time.perf_counter() - started, path=path)
+        result[name] = (FeatureSplit(features, torch.tensor(split.labels), split.lengths), status)
+    return result
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     peak = {"process_rss": peak_process_memory_mb()}
     if device.type == "cuda":
@@ -116,10 +215,9 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def initial_metrics(
-    config: Config, splits: Splits, model: torch.nn.Module, device: torch.device, precision: Precision
-) -> dict[str, Any]:
+def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
     """metrics.json as it stands before the first step; filled in as the run goes."""
+    config, splits, precision = prepared.config, prepared.splits, prepared.precision
     return {
         "status": "running",  # becomes completed | failed | interrupted
         "metric": config.training.metric,
@@ -131,13 +229,14 @@ def initial_metrics(
         "history": [],
         "split_sizes": splits.sizes(),
         "label_names": splits.label_names,
+        "token_lengths": token_lengths(prepared),
         "seed": config.seed,
         "config_hash": config.fingerprint(),
-        "device": str(device),
+        "device": str(prepared.device),
         "mixed_precision": {"requested": precision.requested, "used": precision.used, "reason": precision.reason},
         "effective_batch_size": config.effective_batch_size(),
         "optimizer_steps_per_epoch": optimizer_steps_per_epoch(len(splits.train), config.training),
-        "parameters": count_parameters(model),
+        "parameters": count_parameters(prepared.model),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "wall_time_s": 0.0,
@@ -146,7 +245,7 @@ def initial_metrics(
     }
 
 
-def progress_metrics(outcome: TrainingOutcome, config: Config) -> dict[str, Any]:
+def progress_metrics(outcome: TrainingOutcome) -> dict[str, Any]:
     return {
         "best_val_score": outcome.best_val_score,
         "best_epoch": outcome.best_epoch,
@@ -162,22 +261,27 @@ def progress_metrics(outcome: TrainingOutcome, config: Config) -> dict[str, Any]
     }
 
 
-def log_run_start(config: Config, run_dir: Path, splits: Splits, metrics: dict[str, Any], precision: Precision) -> None:
+def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: dict[str, Any]) -> None:
+    config, training, precision = prepared.config, prepared.config.training, prepared.precision
     log_event("start", run_dir=run_dir, seed=config.seed, config_hash=metrics["config_hash"][:12],
               device=metrics["device"], backbone=config.model.backbone)
-    log_event("data", **{f"{name}_size": size for name, size in splits.sizes().items()},
-              labels=",".join(splits.label_names), max_length=config.data.max_length)
+    log_event("data", **{f"{name}_size": size for name, size in prepared.splits.sizes().items()},
+              labels=",".join(prepared.splits.label_names), max_length=config.data.max_length,
+              **{f"{name}_truncated": stats["truncated"] for name, stats in metrics["token_lengths"].items()})
     parameters = metrics["parameters"]
-    log_event("setup", freeze_backbone=config.training.freeze_backbone, trainable_parameters=parameters["trainable"],
-              total_parameters=parameters["total"], batch_size=config.training.batch_size,
-              gradient_accumulation_steps=config.training.gradient_accumulation_steps,
+    log_event("setup", freeze_backbone=training.freeze_backbone, feature_cache=prepared.uses_feature_cache,
+              trainable_parameters=parameters["trainable"], total_parameters=parameters["total"],
+              batch_size=training.batch_size, gradient_accumulation_steps=training.gradient_accumulation_steps,
               effective_batch_size=metrics["effective_batch_size"],
-              steps_per_epoch=metrics["optimizer_steps_per_epoch"], epochs=config.training.epochs)
+              steps_per_epoch=metrics["optimizer_steps_per_epoch"], epochs=training.epochs)
     if precision.reason:
         log_event("precision_fallback", level=logging.WARNING, requested=precision.requested, used=precision.used,
                   reason=precision.reason)
     else:
         log_event("precision", used=precision.used)
-    if config.training.freeze_backbone and "encoder_learning_rate" in config.training.model_fields_set:
-        log_event("warning", level=logging.WARNING,
-                  message="training.encoder_learning_rate is ignored: the backbone is frozen (freeze_backbone=true)")
+    defaults = type(training).model_fields
+    if training.freeze_backbone:
+        for key in ("encoder_learning_rate", "gradient_checkpointing"):
+            if getattr(training, key) != defaults[key].default:
+                log_event("warning", level=logging.WARNING,
+                          message=f"training.{key} is ignored: the backbone is frozen (freeze_backbone=true)")

@@ -18,9 +18,10 @@ from transformers import get_scheduler
 
 from finetune_pipeline.artifacts import BEST_MODEL_FILE, checkpoint_payload, save_torch
 from finetune_pipeline.config import Config, TrainingConfig
-from finetune_pipeline.data import TokenizedSplit, collate, training_batches
+from finetune_pipeline.batching import TokenizedSplit, training_batches
 from finetune_pipeline.device import Precision, autocast, memory_reading
 from finetune_pipeline.evaluation import evaluate
+from finetune_pipeline.feature_cache import FeatureSplit
 from finetune_pipeline.model import TextClassifier
 from finetune_pipeline.run_log import log_event
 
@@ -78,11 +79,10 @@ def optimizer_steps_per_epoch(num_examples: int, training: TrainingConfig) -> in
 
 def train_model(
     model: TextClassifier,
-    train: TokenizedSplit,
-    val: TokenizedSplit,
+    train: TokenizedSplit | FeatureSplit,
+    val: TokenizedSplit | FeatureSplit,
     label_names: list[str],
     config: Config,
-    pad_token_id: int,
     device: torch.device,
     precision: Precision,
     run_dir: Path,
@@ -110,7 +110,8 @@ def train_model(
     for epoch in tqdm(range(1, training.epochs + 1), desc="epochs", unit="epoch", disable=None):
         model.train()
         epoch_start = time.perf_counter()
-        batches = training_batches(len(train), training.batch_size, config.seed, epoch)
+        batches = training_batches(train.lengths, training.batch_size, accumulation, config.seed, epoch,
+                                   training.group_by_length)
         epoch_loss_sum, epoch_examples = 0.0, 0
         window_loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
         window_examples, window_start_time = 0, time.perf_counter()
@@ -124,9 +125,9 @@ def train_model(
             window = batches[window_first : window_first + accumulation]
             examples_in_step = sum(len(micro_batch) for micro_batch in window)
 
-            batch = collate(train, indices, pad_token_id).to(device)
+            batch = train.batch(indices).to(device)  # token ids, or cached features with a frozen backbone
             with autocast(device, precision):
-                logits = model(batch.input_ids, batch.attention_mask)  # (batch, num_labels)
+                logits = batch.logits(model)  # (batch, num_labels)
             loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
             # Dividing each example's loss by the step's example count makes batch 2 x accumulation 4
             # compute exactly the gradient of batch 8 x accumulation 1.
@@ -165,7 +166,7 @@ def train_model(
                 window_examples, window_start_time = 0, time.perf_counter()
         progress.close()
 
-        val_metrics = evaluate(model, val, label_names, training.eval_batch_size, pad_token_id, device, precision)
+        val_metrics = evaluate(model, val, label_names, training.eval_batch_size, device, precision)
         val_score = val_metrics[training.metric]
         record = EpochRecord(epoch, epoch_loss_sum / epoch_examples, val_metrics, val_score,
                              time.perf_counter() - epoch_start, step)

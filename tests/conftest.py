@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
 
 from finetune_pipeline.config import Config, config_from_dict
 
@@ -23,8 +23,7 @@ def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT saved as a local Hugging Face folder, with a word-level vocab."""
     folder = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE_WORDS, *NEGATIVE_WORDS, *FILLER_WORDS]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    BertTokenizer(vocab={word: index for index, word in enumerate(vocab)}).save_pretrained(folder)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -33,6 +32,8 @@ def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.convert_ids_to_tokens(tokenizer("good movie")["input_ids"]) == ["[CLS]", "good", "movie", "[SEP]"]
     return folder
 
 
@@ -84,7 +85,7 @@ def make_config(tmp_path: Path, tiny_backbone_dir: Path, toy_data: dict[str, str
             "training": {"epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 0.01,
                          "encoder_learning_rate": 0.001, "mixed_precision": "no", "log_every_steps": 2,
                          "device": "cpu"},
-            "output": {"artifacts_root": str(tmp_path / "artifacts")},
+            "output": {"artifacts_root": str(tmp_path / "artifacts"), "cache_dir": str(tmp_path / "cache")},
         }
         return config_from_dict(deep_merge(base, overrides))
 

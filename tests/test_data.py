@@ -1,26 +1,19 @@
-"""Tests for finetune_pipeline.data: reading files, labels, splitting and batching (no tokenizer needed)."""
+"""Tests for finetune_pipeline.data: reading files, labels and splitting (no tokenizer needed)."""
 
 import csv
 import io
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from finetune_pipeline.config import ColumnNames, ColumnOverrides, DataConfig
 from finetune_pipeline.data import (
-    PAD_TO_MULTIPLE_OF,
     Example,
-    TokenizedSplit,
-    collate,
-    evaluation_batches,
     label_names_from,
     load_splits,
     read_labelled_file,
-    training_batches,
 )
 from finetune_pipeline.errors import UserInputError
 
@@ -523,88 +516,3 @@ def test_too_few_rows_of_a_class_to_stratify(tmp_path):
     message = str(excinfo.value)
     assert str(path) in message
     assert "stratified" in message
-
-
-# --- batching ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("n", "b"), [(10, 3), (16, 4), (7, 1), (5, 8), (1, 1)])
-def test_training_batches_cover_every_index_once_with_the_right_sizes(n, b):
-    batches = training_batches(n, b, seed=1, epoch=0)
-    flat = [index for batch in batches for index in batch]
-    assert sorted(flat) == list(range(n))
-    assert len(batches) == math.ceil(n / b)
-    assert all(len(batch) == b for batch in batches[:-1])
-    assert 1 <= len(batches[-1]) <= b
-    assert len(batches[-1]) == (n % b or b)
-
-
-def test_training_batches_are_a_function_of_seed_and_epoch():
-    assert training_batches(50, 4, seed=5, epoch=2) == training_batches(50, 4, seed=5, epoch=2)
-    assert training_batches(50, 4, seed=5, epoch=2) != training_batches(50, 4, seed=5, epoch=3)
-    assert training_batches(50, 4, seed=5, epoch=2) != training_batches(50, 4, seed=6, epoch=2)
-
-
-def test_training_batches_are_shuffled():
-    flat = [index for batch in training_batches(50, 5, seed=0, epoch=0) for index in batch]
-    assert flat != list(range(50))
-
-
-def test_training_batches_do_not_consume_the_global_rng():
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    training_batches(100, 4, seed=1, epoch=1)
-    assert torch.equal(torch.rand(3), expected)
-
-
-@pytest.mark.parametrize("epoch", [0, 1, 5])
-def test_training_order_does_not_depend_on_batch_size(epoch):
-    orders = [
-        [index for batch in training_batches(37, b, seed=11, epoch=epoch) for index in batch] for b in (1, 2, 8, 37, 64)
-    ]
-    assert all(order == orders[0] for order in orders)
-
-
-def padded(rows: list[list[int]], width: int, pad: int) -> list[list[int]]:
-    return [row + [pad] * (width - len(row)) for row in rows]
-
-
-def test_collate_pads_to_the_longest_in_the_batch_rounded_up_to_a_multiple_of_8():
-    split = TokenizedSplit(input_ids=[[5, 6, 7], [8], list(range(20, 30)), [14, 15]], labels=[1, 0, 2, 1])
-    batch = collate(split, [0, 1, 3], pad_token_id=99)
-    # longest among the chosen rows is 3 -> 8 (row 2, length 10, is not in this batch: no padding to 16)
-    assert PAD_TO_MULTIPLE_OF == 8
-    assert batch.input_ids.shape == (3, 8)
-    assert batch.input_ids.tolist() == padded([[5, 6, 7], [8], [14, 15]], 8, 99)
-    assert batch.attention_mask.tolist() == padded([[1, 1, 1], [1], [1, 1]], 8, 0)
-    assert batch.labels.tolist() == [1, 0, 1]
-    assert batch.input_ids.dtype == batch.attention_mask.dtype == batch.labels.dtype == torch.long
-    assert collate(split, [2, 0], pad_token_id=99).input_ids.shape == (2, 16)
-
-
-def test_collate_mask_marks_exactly_the_padding_even_when_pad_id_occurs_in_text():
-    split = TokenizedSplit(input_ids=[[0, 4, 0], [7, 0, 7, 7, 1]], labels=[0, 1])
-    batch = collate(split, [1, 0], pad_token_id=0)
-    assert batch.input_ids.tolist() == padded([[7, 0, 7, 7, 1], [0, 4, 0]], 8, 0)
-    assert batch.attention_mask.sum(dim=1).tolist() == [5, 3]
-    assert batch.labels.tolist() == [1, 0]
-
-
-def test_batch_to_keeps_values():
-    split = TokenizedSplit(input_ids=[[1, 2], [3]], labels=[0, 1])
-    batch = collate(split, [0, 1], pad_token_id=0).to(torch.device("cpu"))
-    assert batch.input_ids.tolist() == padded([[1, 2], [3]], 8, 0)
-    assert batch.attention_mask.tolist() == padded([[1, 1], [1]], 8, 0)
-    assert batch.labels.tolist() == [0, 1]
-
-
-def test_evaluation_batches_cover_every_index_longest_first():
-    lengths = [3, 9, 1, 7, 7, 2, 5, 4, 8, 6, 1]
-    split = TokenizedSplit(input_ids=[[1] * length for length in lengths], labels=[0] * len(lengths))
-    batches = evaluation_batches(split, 4)
-    flat = [index for batch in batches for index in batch]
-    assert sorted(flat) == list(range(len(lengths)))
-    assert [lengths[index] for index in flat] == sorted(lengths, reverse=True)
-    assert [len(batch) for batch in batches] == [4, 4, 3]
-    assert flat[0] == 1  # the longest text comes first

@@ -1,0 +1,133 @@
+"""Frozen features: a frozen backbone is a fixed function, so run it once per text and keep the result.
+
+With freeze_backbone=true every epoch would push the same texts through the same frozen backbone
+and get the same pooled vectors. Instead we compute them once (inference mode, large batches sorted
+by length), train the head on them, and store them on disk under a key made of everything that
+determines them. The next run that changes only the head or the optimisation (hidden_dim, dropout,
+learning rate, epochs, batch size, ...) finds them there and skips the backbone entirely.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from finetune_pipeline.artifacts import load_checkpoint, save_torch
+from finetune_pipeline.batching import TokenizedSplit, evaluation_batches
+from finetune_pipeline.device import Precision, autocast
+from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.freeze_proof import tensor_sha256
+from finetune_pipeline.model import TextClassifier
+
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass
+class FeatureBatch:
+    features: torch.Tensor  # (batch, hidden) pooled backbone output
+    labels: torch.Tensor  # (batch,)
+
+    def to(self, device: torch.device) -> "FeatureBatch":
+        return FeatureBatch(self.features.to(device), self.labels.to(device))
+
+    def logits(self, model: TextClassifier) -> torch.Tensor:
+        return model.head(self.features)  # the backbone already ran, once, when the features were made
+
+
+@dataclass
+class FeatureSplit:
+    features: torch.Tensor  # (examples, hidden), float32
+    labels: torch.Tensor  # (examples,)
+    lengths: list[int]  # token counts of the texts, so batches group exactly as without the cache
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: list[int]) -> FeatureBatch:
+        return FeatureBatch(self.features[indices], self.labels[indices])
+
+
+@torch.inference_mode()
+def extract_features(
+    model: TextClassifier, split: TokenizedSplit, batch_size: int, device: torch.device, precision: Precision
+) -> torch.Tensor:
+    """Pooled backbone features for every text, (examples, hidden), in the split's order."""
+    model.eval()
+    features = torch.empty(len(split), model.backbone.config.hidden_size)
+    for indices in evaluation_batches(split.lengths, batch_size):  # longest first: out-of-memory shows at once
+        batch = split.batch(indices).to(device)
+        with autocast(device, precision):
+            pooled = model.features(batch.input_ids, batch.attention_mask)  # (batch, hidden)
+        features[indices] = pooled.float().cpu()
+    return features
+
+
+def tokens_sha256(split: TokenizedSplit) -> str:
+    """One hash of every text's token ids: it changes with the data, the tokenizer and max_length."""
+    digest = hashlib.sha256()
+    for ids in split.input_ids:
+        digest.update(np.asarray([len(ids), *ids], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(
+    split: TokenizedSplit, backbone: str, backbone_sha256: str, pooling: str, precision: Precision, device: torch.device
+) -> dict[str, Any]:
+    """Everything that determines the features. The token ids stand for the data files, the tokenizer and
+    max_length at once: two runs whose texts tokenize to the same ids get the same features."""
+    return {
+        "format": CACHE_FORMAT_VERSION,
+        "backbone": backbone,
+        "backbone_sha256": backbone_sha256,
+        "pooling": pooling,
+        "precision": precision.used,
+        "device": device.type,
+        "tokens_sha256": tokens_sha256(split),
+        "examples": len(split),
+    }
+
+
+def load_or_compute(
+    cache_dir: Path, key: dict[str, Any], compute: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor, str, Path]:
+    """The features for this key, from the cache when a valid entry exists; returns (features, status, path).
+
+    status is "hit", "miss", or "rebuilt: <why>" when an entry was there but unusable (corrupt,
+    truncated, or made for other inputs): a cache entry is never trusted without checking.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    path = cache_dir / f"features-{digest[:32]}.pt"
+    status = "miss"
+    if path.exists():
+        features, problem = read_entry(path, key)
+        if features is not None:
+            return features, "hit", path
+        status = f"rebuilt: {problem}"
+    features = compute()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        save_torch(path, {"key": key, "features": features, "features_sha256": tensor_sha256(features)})
+    except OSError as err:
+        raise UserInputError(f"output.cache_dir '{cache_dir}': cannot write the feature cache ({err.strerror}); "
+                             "fix the folder or set training.cache_features to false") from None
+    return features, status, path
+
+
+def read_entry(path: Path, key: dict[str, Any]) -> tuple[torch.Tensor | None, str]:
+    """(features, "") when the entry at path is intact and made for this key, else (None, why not)."""
+    try:
+        entry = load_checkpoint(path)
+    except UserInputError as err:
+        return None, f"unreadable ({err})"
+    if entry.get("key") != key:
+        return None, "made for other inputs"
+    features = entry.get("features")
+    if not isinstance(features, torch.Tensor) or features.shape[0] != key["examples"]:
+        return None, "wrong shape"
+    if tensor_sha256(features) != entry.get("features_sha256"):
+        return None, "contents do not match their checksum"
+    return features, ""

@@ -1,0 +1,115 @@
+"""The frozen-feature cache: same results as running the backbone every step, reused when valid only."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune_pipeline import artifacts, run_log
+from finetune_pipeline.run import run_training
+from tests.conftest import toy_rows, write_csv
+
+
+def metrics_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / artifacts.METRICS_FILE).read_text())
+
+
+def cache_events(run_dir: Path) -> dict[str, str]:
+    return {event["split"]: event["status"] for event in run_log.read_events(run_dir / artifacts.TRAIN_LOG_FILE, "feature_cache")}
+
+
+def cache_files(config) -> list[Path]:
+    return sorted(Path(config.output.cache_dir).glob("features-*.pt"))
+
+
+def test_cached_features_give_the_same_run_as_the_backbone_every_step(make_config):
+    frozen = {"freeze_backbone": True, "epochs": 3, "batch_size": 4, "gradient_accumulation_steps": 2}
+    cached = metrics_of(run_training(make_config(model={"dropout": 0.2}, training={**frozen, "cache_features": True})))
+    uncached = metrics_of(run_training(make_config(model={"dropout": 0.2}, training={**frozen, "cache_features": False})))
+    assert cached["feature_cache"] == {"train": "miss", "val": "miss", "test": "miss"}
+    assert "feature_cache" not in uncached
+    for key in ("best_val_score", "best_epoch", "test_score"):
+        assert cached[key] == uncached[key], key
+    assert cached["val_metrics"]["confusion_matrix"] == uncached["val_metrics"]["confusion_matrix"]
+    for with_cache, without in zip(cached["history"], uncached["history"]):
+        assert with_cache["train_loss"] == pytest.approx(without["train_loss"], rel=1e-5)
+
+
+def test_second_run_hits_the_cache_and_head_only_changes_still_hit(make_config):
+    first_config = make_config()
+    first = run_training(first_config)
+    assert cache_events(first) == {"train": "miss", "val": "miss", "test": "miss"}
+    assert len(cache_files(first_config)) == 3
+    again = run_training(make_config())
+    assert cache_events(again) == {"train": "hit", "val": "hit", "test": "hit"}
+    assert metrics_of(again)["test_metrics"] == metrics_of(first)["test_metrics"]
+    head_only = run_training(make_config(model={"hidden_dim": 8, "dropout": 0.3},
+                                         training={"learning_rate": 0.003, "epochs": 1, "batch_size": 2}))
+    assert set(cache_events(head_only).values()) == {"hit"}
+    assert len(cache_files(first_config)) == 3
+
+
+@pytest.mark.parametrize("change", ["pooling", "max_length", "train_data"])
+def test_inputs_that_change_the_features_miss_the_cache(make_config, tmp_path, change):
+    # texts of 3 x 5 words: max_length 8 cuts them, the default 32 does not
+    long_texts = {name: str(write_csv(tmp_path / f"long-{name}.csv",
+                                      [(" ".join([text] * 3), label) for text, label in toy_rows(16, seed)]))
+                  for name, seed in (("train_file", 1), ("val_file", 2), ("test_file", 3))}
+    run_training(make_config(data=long_texts))
+    changed = {
+        "pooling": lambda: make_config(data=long_texts, model={"pooling": "cls"}),
+        "max_length": lambda: make_config(data={**long_texts, "max_length": 8}),
+        "train_data": lambda: make_config(data={**long_texts, "train_file": str(write_csv(tmp_path / "new.csv",
+                                                                                           toy_rows(16, 99)))}),
+    }[change]()
+    expected = {"train": "miss", "val": "hit", "test": "hit"} if change == "train_data" else \
+        {"train": "miss", "val": "miss", "test": "miss"}
+    assert cache_events(run_training(changed)) == expected
+
+
+def test_the_key_holds_backbone_weights_pooling_precision_and_device(make_config):
+    from finetune_pipeline.batching import TokenizedSplit
+    from finetune_pipeline.device import Precision
+    from finetune_pipeline.feature_cache import cache_key
+
+    split = TokenizedSplit([[2, 5, 3]], [0], pad_token_id=0, untruncated_lengths=[3])
+    fp32, bf16 = Precision("no", "no", ""), Precision("fp16", "bf16", "cpu")
+    cpu = torch.device("cpu")
+    base = cache_key(split, "m", "aaa", "mean", fp32, cpu)
+    assert base == cache_key(split, "m", "aaa", "mean", fp32, cpu)
+    assert base != cache_key(split, "m", "bbb", "mean", fp32, cpu)
+    assert base != cache_key(split, "m", "aaa", "cls", fp32, cpu)
+    assert base != cache_key(split, "m", "aaa", "mean", bf16, cpu)
+    assert base != cache_key(split, "m", "aaa", "mean", fp32, torch.device("meta"))
+    other_tokens = TokenizedSplit([[2, 6, 3]], [0], pad_token_id=0, untruncated_lengths=[3])
+    assert base != cache_key(other_tokens, "m", "aaa", "mean", fp32, cpu)
+
+
+def test_corrupt_tampered_or_foreign_cache_entries_are_rebuilt_never_used(make_config):
+    config = make_config()
+    reference = metrics_of(run_training(config))
+    truncated, tampered, foreign = cache_files(config)
+    truncated.write_bytes(truncated.read_bytes()[:100])  # as a full disk would leave it
+    entry = torch.load(tampered, weights_only=True)
+    entry["features"] = entry["features"] + 1.0  # same key, other numbers
+    torch.save(entry, tampered)
+    entry = torch.load(foreign, weights_only=True)
+    entry["key"]["pooling"] = "cls"  # a file made for other inputs under this name
+    torch.save(entry, foreign)
+    rerun = run_training(make_config())
+    reasons = sorted(status for status in cache_events(rerun).values())
+    assert all(reason.startswith("rebuilt:") for reason in reasons), reasons
+    assert any("unreadable" in reason for reason in reasons)
+    assert any("checksum" in reason for reason in reasons)
+    assert any("other inputs" in reason for reason in reasons)
+    assert metrics_of(rerun)["test_metrics"] == reference["test_metrics"]
+    assert set(cache_events(run_training(make_config())).values()) == {"hit"}
+
+
+def test_cache_switch_off_writes_no_cache_and_says_so(make_config):
+    config = make_config(training={"cache_features": False})
+    run_dir = run_training(config)
+    assert not Path(config.output.cache_dir).exists()
+    setup = run_log.read_events(run_dir / artifacts.TRAIN_LOG_FILE, "setup")[0]
+    assert setup["feature_cache"] == "False"
