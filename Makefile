@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_REQUIREMENT ?= torch==2.13.0
 CONFIG ?= finetune_pipeline/configs/train_config.json
 
-.PHONY: train test data install
+.PHONY: train test data install bench
 
 train: $(VENV)/.installed data
 	$(BIN)/python finetune_pipeline/scripts/train.py --config $(CONFIG)
@@ -29,4 +29,12 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --editable ".[test]"
+	touch $@
+
+# The speed and memory comparison with transformers.Trainer (prints a table; see benchmarks/README.md).
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_vs_trainer.py --report benchmarks/latest.md
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --editable ".[bench]"
 	touch $@

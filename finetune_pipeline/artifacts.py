@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.config import Config, config_from_dict
 from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.freeze_proof import fingerprint_of, snapshot
 from finetune_pipeline.model import TextClassifier, build_model
 
 # File names are fixed: the students' guide tells people to open them.
@@ -81,17 +82,44 @@ def save_torch(path: Path, payload: Any) -> None:
     write_atomically(path, lambda file: torch.save(payload, file))
 
 
-def checkpoint_payload(model: TextClassifier, label_names: list[str], config: Config, epoch: int, step: int) -> dict[str, Any]:
-    """Only tensors and plain types, so that torch.load(path, weights_only=True) can read it."""
+def checkpoint_payload(
+    model: TextClassifier, label_names: list[str], config: Config, epoch: int, step: int, backbone_sha256: str
+) -> dict[str, Any]:
+    """Only tensors and plain types, so that torch.load(path, weights_only=True) can read it.
+
+    A frozen backbone is left out: it is still the pretrained one, named by config.model.backbone and
+    identified by backbone_sha256 (a hash of all its weights), which loading checks. A frozen run's
+    checkpoint is then the head alone, well under a megabyte instead of the backbone's ~90 MB.
+    """
+    backbone_included = not config.training.freeze_backbone
+    module = model if backbone_included else model.head
+    prefix = "" if backbone_included else "head."
     return {
         "format_version": CHECKPOINT_FORMAT_VERSION,
-        "model_state": model.state_dict(),
+        "model_state": {prefix + name: tensor for name, tensor in module.state_dict().items()},
+        "backbone_included": backbone_included,
+        "backbone": config.model.backbone,
+        "backbone_sha256": backbone_sha256,
         "label_names": list(label_names),
         "config": config.to_plain(),
-        "backbone": config.model.backbone,
         "epoch": epoch,
         "step": step,
     }
+
+
+def restore_weights(model: TextClassifier, payload: dict[str, Any], source: Path) -> None:
+    """Load a checkpoint's weights into model; a left-out backbone must be exactly the one trained with."""
+    if not payload["backbone_included"]:
+        loaded = fingerprint_of(snapshot(model.backbone, keep_copy=False))
+        if loaded != payload["backbone_sha256"]:
+            raise UserInputError(
+                f"{source}: was saved without its frozen backbone '{payload['backbone']}' (weights sha256 "
+                f"{payload['backbone_sha256'][:16]}...), but the backbone found now has other weights "
+                f"({loaded[:16]}...); install the backbone version the run was trained with"
+            )
+    missing, unexpected = model.load_state_dict(payload["model_state"], strict=False)
+    if unexpected or (missing and (payload["backbone_included"] or any(not k.startswith("backbone.") for k in missing))):
+        raise UserInputError(f"{source}: does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -125,7 +153,7 @@ def load_run(run_dir: str | Path, checkpoint: str = BEST_MODEL_FILE) -> LoadedRu
     payload = load_checkpoint(run_dir / checkpoint)
     config = config_from_dict(payload["config"], source=str(run_dir / checkpoint))
     model, tokenizer = build_model(config.model, num_labels=len(payload["label_names"]), freeze=False)
-    model.load_state_dict(payload["model_state"])
+    restore_weights(model, payload, run_dir / checkpoint)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
     return LoadedRun(model.eval(), tokenizer, payload["label_names"], config, metrics)

@@ -22,7 +22,7 @@ from finetune_pipeline.device import Precision, peak_process_memory_mb, resolve_
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.evaluation import evaluate
 from finetune_pipeline.feature_cache import FeatureSplit, cache_key, extract_features, load_or_compute
-from finetune_pipeline.freeze_proof import Snapshot, build_freeze_proof, fingerprint_of, snapshot
+from finetune_pipeline.freeze_proof import build_freeze_proof, fingerprint_of, snapshot
 from finetune_pipeline.memory_check import check_fits, is_out_of_memory, out_of_memory, run_preflight
 from finetune_pipeline.model import TextClassifier, backbone_max_length, build_model, count_parameters
 from finetune_pipeline.run_log import RunLogging, log_event
@@ -124,29 +124,37 @@ def run_training(config: Config) -> Path:
             artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
 
         try:
-            preflight = run_preflight(model, prepared.tokenized["train"], config, device, precision,
-                                      prepared.uses_feature_cache)
-            metrics["preflight"] = preflight.as_dict()
-            log_event("preflight", **metrics["preflight"])
-            check_fits(preflight, config)
+            if not prepared.uses_feature_cache:
+                # With the feature cache the heaviest step is extraction, whose first batch is its longest:
+                # it fails fast by itself, and a cache hit needs no backbone pass at all.
+                preflight = run_preflight(model, prepared.tokenized["train"], config, device, precision,
+                                          uses_feature_cache=False)
+                metrics["preflight"] = preflight.as_dict()
+                log_event("preflight", **metrics["preflight"])
+                check_fits(preflight, config)
 
             # A frozen backbone is not copied (it should not change: the hashes prove whether it did);
             # a trained one is, to measure how far it moved.
             backbone_before = snapshot(model.backbone, keep_copy=not config.training.freeze_backbone)
             head_before = snapshot(model.head, keep_copy=True)
+            backbone_sha256 = fingerprint_of(backbone_before)
             if prepared.uses_feature_cache:
-                inputs = cached_feature_splits(prepared, backbone_before)
+                inputs = cached_feature_splits(prepared, backbone_sha256)
                 metrics["feature_cache"] = {name: split_status for name, (_, split_status) in inputs.items()}
                 train_split, val_split, test_split = (inputs[name][0] for name in SPLIT_NAMES)
             else:
                 train_split, val_split, test_split = (prepared.tokenized[name] for name in SPLIT_NAMES)
 
-            outcome = train_model(model, train_split, val_split, splits.label_names, config, device, precision,
-                                  run_dir, on_epoch_end=record_epoch)
-            artifacts.save_torch(
-                run_dir / artifacts.FINAL_MODEL_FILE,
-                artifacts.checkpoint_payload(model, splits.label_names, config, outcome.history[-1].epoch, outcome.steps),
+            def save_model(file_name: str, epoch: int, step: int) -> None:
+                payload = artifacts.checkpoint_payload(model, splits.label_names, config, epoch, step, backbone_sha256)
+                artifacts.save_torch(run_dir / file_name, payload)
+
+            outcome = train_model(
+                model, train_split, val_split, splits.label_names, config, device, precision,
+                on_new_best=lambda epoch, step: save_model(artifacts.BEST_MODEL_FILE, epoch, step),
+                on_epoch_end=record_epoch,
             )
+            save_model(artifacts.FINAL_MODEL_FILE, outcome.history[-1].epoch, outcome.steps)
             proof = build_freeze_proof(backbone_before, head_before, model.backbone, model.head,
                                        config.training.freeze_backbone)
             artifacts.write_json(run_dir / artifacts.FREEZE_PROOF_FILE, proof)
@@ -155,8 +163,8 @@ def run_training(config: Config) -> Path:
                       level=logging.INFO if proof["consistent_with_config"] else logging.WARNING)
 
             # Test once, with the best checkpoint (read back from disk: this also proves the file loads).
-            best = artifacts.load_checkpoint(run_dir / artifacts.BEST_MODEL_FILE)
-            model.load_state_dict(best["model_state"])
+            best_path = run_dir / artifacts.BEST_MODEL_FILE
+            artifacts.restore_weights(model, artifacts.load_checkpoint(best_path), best_path)
             artifacts.save_torch(run_dir / artifacts.HEAD_FILE, model.head.state_dict())
             test_metrics = evaluate(model, test_split, splits.label_names, config.training.eval_batch_size,
                                     device, precision)
@@ -188,10 +196,9 @@ def run_training(config: Config) -> Path:
     return run_dir
 
 
-def cached_feature_splits(prepared: PreparedRun, backbone_before: Snapshot) -> dict[str, tuple[FeatureSplit, str]]:
+def cached_feature_splits(prepared: PreparedRun, backbone_sha256: str) -> dict[str, tuple[FeatureSplit, str]]:
     """Each split's pooled backbone features, from the cache or computed once; with the cache status."""
     config = prepared.config
-    backbone_sha256 = fingerprint_of(backbone_before)
     result = {}
     for name, split in prepared.tokenized.items():
         started = time.perf_counter()

@@ -8,7 +8,6 @@ always counts optimizer steps, `batch_idx` counts micro-batches within an epoch.
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from finetune_pipeline.artifacts import BEST_MODEL_FILE, checkpoint_payload, save_torch
 from finetune_pipeline.config import Config, TrainingConfig
 from finetune_pipeline.batching import TokenizedSplit, training_batches
 from finetune_pipeline.device import Precision, autocast, memory_reading
@@ -85,9 +83,10 @@ def train_model(
     config: Config,
     device: torch.device,
     precision: Precision,
-    run_dir: Path,
+    on_new_best: Callable[[int, int], None],
     on_epoch_end: Callable[[TrainingOutcome], None],
 ) -> TrainingOutcome:
+    """Train for config.training.epochs; on_new_best(epoch, step) saves the best model so far."""
     training = config.training
     accumulation = training.gradient_accumulation_steps
     steps_per_epoch = optimizer_steps_per_epoch(len(train), training)
@@ -175,7 +174,7 @@ def train_model(
         improved = val_score > outcome.best_val_score
         if improved:
             outcome.best_epoch, outcome.best_val_score, outcome.best_val_metrics = epoch, val_score, val_metrics
-            save_torch(run_dir / BEST_MODEL_FILE, checkpoint_payload(model, label_names, config, epoch, step))
+            on_new_best(epoch, step)
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1

@@ -100,8 +100,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(make_config, tmp_path):
 
 def test_gradient_checkpointing_trades_compute_not_results(make_config):
     common = {"freeze_backbone": False, "epochs": 1}
-    assert prepare_run(make_config(training={**common, "gradient_checkpointing": True})).model.backbone.is_gradient_checkpointing
-    assert not prepare_run(make_config(training=common)).model.backbone.is_gradient_checkpointing
+    assert prepare_run(make_config(training={**common, "gradient_checkpointing": True})).model.backbone.is_activation_checkpointing
+    assert not prepare_run(make_config(training=common)).model.backbone.is_activation_checkpointing
     plain = run_training(make_config(training={**common, "gradient_checkpointing": False}))
     checkpointed = run_training(make_config(training={**common, "gradient_checkpointing": True}))
     plain_state = artifacts.load_checkpoint(plain / artifacts.FINAL_MODEL_FILE)["model_state"]

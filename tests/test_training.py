@@ -10,6 +10,7 @@ from transformers import BertModel
 
 from finetune_pipeline import artifacts, run_log
 from finetune_pipeline.device import resolve_precision
+from finetune_pipeline.freeze_proof import tensor_sha256
 from finetune_pipeline.run import run_training
 from tests.conftest import toy_rows, write_csv
 
@@ -63,10 +64,11 @@ def test_frozen_backbone_does_not_change_and_proof_says_so(make_config):
     assert proof["summary"]["backbone_tensors_total"] == len(proof["backbone_tensors"]) > 0
     metrics = read_metrics(run_dir)
     assert metrics["parameters"]["trainable"] == metrics["parameters"]["head"]
-    # independent of the proof: the saved backbone equals the pretrained one on disk, bit for bit
+    # independent of the run's own "before": the weights after training equal the pretrained ones on disk
     pretrained = BertModel.from_pretrained(make_config().model.backbone).state_dict()
-    saved = final_state(run_dir)
-    assert all(torch.equal(saved[f"backbone.{name}"], tensor) for name, tensor in pretrained.items())
+    after = {name: entry["after_sha256"] for name, entry in proof["backbone_tensors"].items()}
+    assert after == {name: tensor_sha256(tensor) for name, tensor in pretrained.items() if name in after}
+    assert len(after) >= len([name for name in pretrained if "position_ids" not in name])
 
 
 def test_trained_backbone_changes_and_proof_says_so(make_config):
@@ -118,19 +120,39 @@ def test_run_folder_has_every_artifact_and_complete_metrics(make_config):
     assert saved_config == config.to_plain()
 
 
-def test_checkpoints_load_with_weights_only_and_rebuild_the_model(make_config):
-    run_dir = run_training(make_config())
+@pytest.mark.parametrize("freeze", [True, False])
+def test_checkpoints_load_with_weights_only_and_rebuild_the_model(make_config, freeze):
+    run_dir = run_training(make_config(training={"freeze_backbone": freeze}))
     best = torch.load(run_dir / artifacts.BEST_MODEL_FILE, weights_only=True)
     assert best["label_names"] == ["neg", "pos"]
     assert best["epoch"] == read_metrics(run_dir)["best_epoch"]
+    # a frozen run's checkpoints leave the (unchanged, pretrained) backbone out
+    assert best["backbone_included"] is (not freeze)
+    assert any(name.startswith("backbone.") for name in best["model_state"]) is (not freeze)
     head = torch.load(run_dir / artifacts.HEAD_FILE, weights_only=True)
     loaded = artifacts.load_run(run_dir)
     assert loaded.label_names == ["neg", "pos"]
-    for name, tensor in loaded.model.state_dict().items():
-        assert torch.equal(tensor, best["model_state"][name])
+    for name, tensor in best["model_state"].items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
     for name, tensor in loaded.model.head.state_dict().items():
         assert torch.equal(tensor, head[name])
     assert loaded.model.training is False
+    assert loaded.metrics["best_epoch"] == best["epoch"]
+
+
+def test_a_frozen_checkpoint_refuses_a_backbone_with_other_weights(make_config, tmp_path):
+    import shutil
+
+    backbone_copy = tmp_path / "backbone-copy"
+    shutil.copytree(make_config().model.backbone, backbone_copy)
+    run_dir = run_training(make_config(model={"backbone": str(backbone_copy)}))
+    assert artifacts.load_run(run_dir).label_names == ["neg", "pos"]
+    changed = BertModel.from_pretrained(backbone_copy)
+    with torch.no_grad():
+        changed.embeddings.word_embeddings.weight[5] += 0.01
+    changed.save_pretrained(backbone_copy)
+    with pytest.raises(artifacts.UserInputError, match="other weights"):
+        artifacts.load_run(run_dir)
 
 
 class NotATensor:
