@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.config import Config, config_from_dict
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.freeze_proof import fingerprint_of, snapshot
+from finetune_pipeline.freeze_proof import fingerprint_of, tensor_hashes
 from finetune_pipeline.model import TextClassifier, build_model
 
 # File names are fixed: the students' guide tells people to open them.
@@ -110,7 +110,7 @@ def checkpoint_payload(
 def restore_weights(model: TextClassifier, payload: dict[str, Any], source: Path) -> None:
     """Load a checkpoint's weights into model; a left-out backbone must be exactly the one trained with."""
     if not payload["backbone_included"]:
-        loaded = fingerprint_of(snapshot(model.backbone, keep_copy=False))
+        loaded = fingerprint_of(tensor_hashes(model.backbone))
         if loaded != payload["backbone_sha256"]:
             raise UserInputError(
                 f"{source}: was saved without its frozen backbone '{payload['backbone']}' (weights sha256 "

@@ -73,9 +73,11 @@ def tokenize_split(
 ) -> TokenizedSplit:
     label_ids = {name: index for index, name in enumerate(label_names)}
     texts = [example.text for example in examples]
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    # ids only: masks are built per batch, after padding
+    ids_only = {"return_attention_mask": False, "return_token_type_ids": False}
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, **ids_only)
     # verbose=False: counting long texts is the point here, the "longer than the maximum" warning is not
-    untruncated = tokenizer(texts, truncation=False, verbose=False)
+    untruncated = tokenizer(texts, truncation=False, verbose=False, **ids_only)
     return TokenizedSplit(
         input_ids=encoded["input_ids"],
         labels=[label_ids[example.label] for example in examples],

@@ -7,7 +7,7 @@ fingerprint every backbone tensor (parameters and buffers) before and after trai
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -20,26 +20,32 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 
 @dataclass
 class Snapshot:
-    """A module's tensors before training: their hashes, and (optionally) a CPU copy to measure the change."""
+    """A module's tensors before training: their hashes, and a way to get the tensors back."""
 
     hashes: dict[str, str]
-    tensors: dict[str, torch.Tensor] | None
+    # Called only when something changed, to measure by how much. A backbone is not copied (that would
+    # hold a second ~90 MB copy through all of training): its original weights are read again from disk.
+    original: Callable[[], Mapping[str, torch.Tensor]]
 
 
-def snapshot(module: nn.Module, keep_copy: bool) -> Snapshot:
-    """keep_copy=False saves a copy of the weights in memory; a change is then still detected (by hash),
-    but its size is not measured."""
+def snapshot(module: nn.Module, reload_original: Callable[[], Mapping[str, torch.Tensor]] | None = None) -> Snapshot:
+    """Hash every tensor; keep a copy of the weights unless reload_original can read them again."""
     state = module.state_dict()
-    return Snapshot(
-        hashes={name: tensor_sha256(tensor) for name, tensor in state.items()},
-        tensors={name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()} if keep_copy else None,
-    )
+    hashes = tensor_hashes(module)
+    if reload_original is None:
+        copy = {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
+        reload_original = lambda: copy  # noqa: E731
+    return Snapshot(hashes=hashes, original=reload_original)
 
 
-def fingerprint_of(snapshot: Snapshot) -> str:
-    """One hash for a whole module's state: identifies exact weights (the feature cache's key uses it)."""
+def tensor_hashes(module: nn.Module) -> dict[str, str]:
+    return {name: tensor_sha256(tensor) for name, tensor in module.state_dict().items()}
+
+
+def fingerprint_of(hashes: dict[str, str]) -> str:
+    """One hash for a whole module's state, from its tensor hashes: identifies exact weights."""
     digest = hashlib.sha256()
-    for name, tensor_hash in snapshot.hashes.items():
+    for name, tensor_hash in hashes.items():
         digest.update(name.encode())
         digest.update(tensor_hash.encode())
     return digest.hexdigest()
@@ -47,20 +53,24 @@ def fingerprint_of(snapshot: Snapshot) -> str:
 
 def compare(before: Snapshot, module: nn.Module) -> dict[str, Any]:
     after = module.state_dict()
+    after_hashes = {name: tensor_sha256(tensor) for name, tensor in after.items()}
+    changed = [name for name in after if after_hashes[name] != before.hashes[name]]
+    original = before.original() if changed else {}
     tensors = {}
     max_abs_change: float | None = 0.0
     for name, tensor in after.items():
-        after_hash = tensor_sha256(tensor)
         change: float | None = 0.0
-        if after_hash != before.hashes[name]:
-            change = None  # changed, by an amount we cannot measure without the copy
-            if before.tensors is not None and tensor.is_floating_point():
-                change = (tensor.detach().cpu().float() - before.tensors[name].float()).abs().max().item()
+        if name in changed:
+            # measurable only against the very weights that were hashed before training
+            same_base = name in original and tensor_sha256(original[name]) == before.hashes[name]
+            change = None
+            if same_base and tensor.is_floating_point():
+                change = (tensor.detach().cpu().float() - original[name].float()).abs().max().item()
         max_abs_change = None if change is None or max_abs_change is None else max(max_abs_change, change)
         tensors[name] = {
             "before_sha256": before.hashes[name],
-            "after_sha256": after_hash,
-            "changed": after_hash != before.hashes[name],
+            "after_sha256": after_hashes[name],
+            "changed": name in changed,
             "max_abs_change": change,
         }
     return {

@@ -24,7 +24,7 @@ from finetune_pipeline.evaluation import evaluate
 from finetune_pipeline.feature_cache import FeatureSplit, cache_key, extract_features, load_or_compute
 from finetune_pipeline.freeze_proof import build_freeze_proof, fingerprint_of, snapshot
 from finetune_pipeline.memory_check import check_fits, is_out_of_memory, out_of_memory, run_preflight
-from finetune_pipeline.model import TextClassifier, backbone_max_length, build_model, count_parameters
+from finetune_pipeline.model import TextClassifier, backbone_max_length, build_model, count_parameters, load_backbone
 from finetune_pipeline.run_log import RunLogging, log_event
 from finetune_pipeline.training import TrainingOutcome, optimizer_steps_per_epoch, train_model
 
@@ -133,11 +133,10 @@ def run_training(config: Config) -> Path:
                 log_event("preflight", **metrics["preflight"])
                 check_fits(preflight, config)
 
-            # A frozen backbone is not copied (it should not change: the hashes prove whether it did);
-            # a trained one is, to measure how far it moved.
-            backbone_before = snapshot(model.backbone, keep_copy=not config.training.freeze_backbone)
-            head_before = snapshot(model.head, keep_copy=True)
-            backbone_sha256 = fingerprint_of(backbone_before)
+            backbone_before = snapshot(model.backbone,
+                                       reload_original=lambda: load_backbone(config.model.backbone)[0].state_dict())
+            head_before = snapshot(model.head)
+            backbone_sha256 = fingerprint_of(backbone_before.hashes)
             if prepared.uses_feature_cache:
                 inputs = cached_feature_splits(prepared, backbone_sha256)
                 metrics["feature_cache"] = {name: split_status for name, (_, split_status) in inputs.items()}
@@ -262,7 +261,8 @@ def progress_metrics(outcome: TrainingOutcome) -> dict[str, Any]:
         "epoch_times_s": [record.time_s for record in outcome.history],
         "history": [
             {"epoch": r.epoch, "train_loss": r.train_loss, "val_score": r.val_score,
-             "val_accuracy": r.val_metrics["accuracy"], "val_macro_f1": r.val_metrics["macro_f1"], "time_s": r.time_s}
+             "val_accuracy": r.val_metrics["accuracy"], "val_macro_f1": r.val_metrics["macro_f1"], "time_s": r.time_s,
+             "train_time_s": r.train_time_s}
             for r in outcome.history
         ],
     }
