@@ -60,7 +60,7 @@ class TrainingConfig(StrictModel):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(8, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0, le=1)
     encoder_learning_rate: float = Field(2e-5, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
