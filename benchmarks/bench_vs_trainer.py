@@ -520,9 +520,10 @@ def build_report(args: argparse.Namespace, dev_rows: int, outcomes: dict[str, Re
         "",
         "Wall time: floors = the pass alone; project = metrics.json wall_time_s (model load, tokenizing, every "
         "epoch with its val pass, test once); Trainer = trainer.train() + one trainer.predict on dev. "
-        "Samples/s: floors = texts / pass time; project = train rows x epochs / sum of epoch times (each "
-        "with its val pass); Trainer = train rows x epochs / train time. Dev accuracy of floor-forward is "
-        "the logistic regression's.",
+        "Samples/s: floors = texts / pass time; project = train rows x epochs / time of the training steps "
+        "(train_time_s, without the val pass; for frozen runs, the head's steps on cached features); "
+        "Trainer = train rows x epochs / train time. Dev accuracy of floor-forward is the logistic "
+        "regression's.",
         "",
         "Details:",
         "",

@@ -187,10 +187,11 @@ def train_model(
             "epoch", epoch=epoch, step=step, train_loss=record.train_loss, val_accuracy=val_metrics["accuracy"],
             val_macro_f1=val_metrics["macro_f1"], val_score=val_score, best=improved, epoch_time_s=record.time_s,
         )
-        on_epoch_end(outcome)
         patience = training.early_stopping_patience
-        if patience is not None and epochs_without_improvement >= patience:
+        outcome.stopped_early = patience is not None and epochs_without_improvement >= patience
+        if outcome.stopped_early:
             log_event("early_stop", epoch=epoch, patience=patience, best_epoch=outcome.best_epoch)
-            outcome.stopped_early = True
+        on_epoch_end(outcome)
+        if outcome.stopped_early:
             break
     return outcome

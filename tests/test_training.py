@@ -246,3 +246,28 @@ def test_bad_data_stops_before_anything_is_written(make_config, tmp_path):
 def test_max_length_beyond_the_backbone_is_a_clear_error(make_config):
     with pytest.raises(artifacts.UserInputError, match="data.max_length"):
         run_training(make_config(data={"max_length": 512}))
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_better_score(make_config):
+    # a learning rate too small to move the predictions: epoch 1 is the best, and stays the best
+    run_dir = run_training(make_config(training={"epochs": 6, "learning_rate": 1e-12, "scheduler": "constant",
+                                                 "early_stopping_patience": 2}))
+    metrics = read_metrics(run_dir)
+    assert [epoch["epoch"] for epoch in metrics["history"]] == [1, 2, 3]
+    assert metrics["stopped_early"] is True and metrics["best_epoch"] == 1
+    assert run_log.read_events(run_dir / artifacts.TRAIN_LOG_FILE, "early_stop")[0]["patience"] == "2"
+
+
+def test_macro_f1_can_be_the_score(make_config):
+    metrics = read_metrics(run_training(make_config(training={"metric": "macro_f1"})))
+    assert metrics["metric"] == "macro_f1"
+    assert metrics["best_val_score"] == metrics["val_metrics"]["macro_f1"]
+    assert metrics["test_score"] == metrics["test_metrics"]["macro_f1"]
+
+
+def test_the_toy_task_is_learned_so_the_tests_above_mean_something(make_config):
+    metrics = read_metrics(run_training(make_config(training={
+        "freeze_backbone": False, "epochs": 8, "learning_rate": 0.05, "encoder_learning_rate": 0.005,
+        "warmup_ratio": 0.0})))
+    assert metrics["history"][0]["val_accuracy"] <= 0.6  # it starts at chance ...
+    assert metrics["best_val_score"] >= 0.75  # ... and learns
