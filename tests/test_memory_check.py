@@ -56,10 +56,8 @@ def test_out_of_memory_in_the_first_step_exits_3_with_the_knobs_and_a_failed_rec
 
 
 def test_a_step_predicted_not_to_fit_stops_before_training(make_config, monkeypatch):
-    class TinyMachine:
-        available = 0
-
-    monkeypatch.setattr(memory_check.psutil, "virtual_memory", lambda: TinyMachine())
+    # as if the preflight step had peaked at 1 TiB: more than any machine here has
+    monkeypatch.setattr(memory_check, "peak_process_memory_mb", lambda: 2.0**20)
     config = make_config(training={"freeze_backbone": False})
     with pytest.raises(OutOfMemory, match="predicted before training"):
         run_training(config)
