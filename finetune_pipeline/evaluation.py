@@ -43,7 +43,7 @@ def classification_metrics(labels: list[int], predictions: np.ndarray, label_nam
         "macro_f1": float(f1_score(labels, predictions, labels=label_ids, average="macro", zero_division=0)),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(label_names, precision, recall, f1, support)
+            for name, p, r, f, s in zip(label_names, precision, recall, f1, support, strict=True)
         },
         # rows: true label, columns: predicted label, both in label_names order
         "confusion_matrix": confusion_matrix(labels, predictions, labels=label_ids).tolist(),

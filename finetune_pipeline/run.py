@@ -8,6 +8,7 @@ import logging
 import platform
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def prepare_run(config: Config) -> PreparedRun:
         enable_activation_checkpointing(model.backbone)
     tokenized = {
         name: tokenize_split(examples, splits.label_names, tokenizer, config.data.max_length)
-        for name, examples in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test))
+        for name, examples in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test), strict=True)
     }
     return PreparedRun(config, device, precision, splits, model.to(device), tokenized, tokenizer.pad_token_id)
 
@@ -205,8 +206,8 @@ def cached_feature_splits(prepared: PreparedRun, backbone_sha256: str) -> dict[s
                         prepared.device)
         features, status, path = load_or_compute(
             Path(config.output.cache_dir), key,
-            lambda: extract_features(prepared.model, split, config.training.eval_batch_size, prepared.device,
-                                     prepared.precision),
+            partial(extract_features, prepared.model, split, config.training.eval_batch_size, prepared.device,
+                    prepared.precision),
         )
         log_event("feature_cache", split=name, status=status, examples=len(split),
                   seconds=time.perf_counter() - started, path=path)

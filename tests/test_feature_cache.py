@@ -32,7 +32,7 @@ def test_cached_features_give_the_same_run_as_the_backbone_every_step(make_confi
     for key in ("best_val_score", "best_epoch", "test_score"):
         assert cached[key] == uncached[key], key
     assert cached["val_metrics"]["confusion_matrix"] == uncached["val_metrics"]["confusion_matrix"]
-    for with_cache, without in zip(cached["history"], uncached["history"]):
+    for with_cache, without in zip(cached["history"], uncached["history"], strict=True):
         assert with_cache["train_loss"] == pytest.approx(without["train_loss"], rel=1e-5)
 
 
