@@ -276,3 +276,15 @@ def test_cli_train_with_unknown_key_exits_2_without_traceback(tmp_path):
     assert "training.batch_sise" in result.stderr
     assert "did you mean 'training.batch_size'" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.json"]
+
+
+def test_the_installed_console_script_runs_and_reports_bad_input(tmp_path):
+    finetune = Path(sys.executable).parent / "finetune"
+    if not finetune.exists():
+        pytest.skip(f"the console script is not installed next to {sys.executable} (pip install -e . makes it)")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"training": {"epochz": 1}}', encoding="utf-8")
+    result = subprocess.run([str(finetune), "train", "--config", str(bad)], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 2
+    assert "did you mean 'training.epochs'" in result.stderr and "Traceback" not in result.stderr
