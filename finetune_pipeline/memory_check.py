@@ -13,7 +13,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from finetune_pipeline.batching import TokenizedSplit
+from finetune_pipeline.batching import TokenizedSplit, evaluation_batches
 from finetune_pipeline.config import Config
 from finetune_pipeline.device import Precision, autocast, peak_process_memory_mb
 from finetune_pipeline.errors import OutOfMemory
@@ -66,11 +66,6 @@ def out_of_memory(config: Config, where: str, cause: str) -> OutOfMemory:
     return OutOfMemory(f"out of memory {where}: {cause}\n{advice(config)}")
 
 
-def heaviest_batch(split: TokenizedSplit, batch_size: int) -> list[int]:
-    """The batch_size longest texts: no batch of this size can need more memory."""
-    return sorted(range(len(split)), key=lambda index: -len(split.input_ids[index]))[:batch_size]
-
-
 def run_preflight(
     model: TextClassifier, split: TokenizedSplit, config: Config, device: torch.device, precision: Precision,
     uses_feature_cache: bool,
@@ -81,7 +76,8 @@ def run_preflight(
     texts); otherwise it is a training micro-batch, forward and backward.
     """
     batch_size = config.training.eval_batch_size if uses_feature_cache else config.training.batch_size
-    batch = split.batch(heaviest_batch(split, batch_size)).to(device)
+    # the first batch of the longest-first order holds the longest texts: no batch can need more memory
+    batch = split.batch(evaluation_batches(split.lengths, batch_size)[0]).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
