@@ -38,14 +38,14 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def create_run_dir(root: str | Path) -> Path:
-    """A new folder named by the start time; '-2', '-3', ... when runs start in the same second."""
+def create_run_dir(root: str | Path, suffix: str = "") -> Path:
+    """A new folder named by the start time (and suffix); '-2', '-3', ... when runs start in the same second."""
     root = Path(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserInputError(f"output.artifacts_root '{root}': cannot create it ({err.strerror})") from None
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S") + suffix
     for attempt in range(1, 1000):
         run_dir = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
         try:

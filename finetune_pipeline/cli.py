@@ -3,52 +3,139 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from finetune_pipeline.errors import EXIT_INTERRUPTED, UserInputError
 
 DEFAULT_CONFIG = "finetune_pipeline/configs/train_config.json"
+CONFIGS_DIR = Path("finetune_pipeline/configs")
+DEFAULT_ARTIFACTS_ROOT = "finetune_pipeline/artifacts"
+EXIT_SWEEP_HAD_FAILURES = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="finetune", description="Fine-tune a pretrained text encoder with a small classification head."
+        prog="finetune", description="Fine-tune a pretrained text encoder with a small classification head.",
+        epilog="Run `finetune COMMAND --help` for a command's options and examples.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train as a JSON config says; writes a run folder")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, epilog=f"examples:\n{examples}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    train = command("train", "train as a JSON config says; writes a run folder",
+                    "  finetune train --config finetune_pipeline/configs/train_config_exp1.json\n"
+                    "  finetune train --set training.batch_size=4 --set data.max_length=384\n"
+                    "  finetune train --config my.json --dry-run")
     add_train_arguments(train)
-    prepare = commands.add_parser("prepare-data", help="prepare the default dataset (Rotten Tomatoes)")
+
+    prepare = command("prepare-data", "prepare the default dataset (Rotten Tomatoes)", "  finetune prepare-data")
     prepare.add_argument("--output-dir", default=None, help="where to write train/val/test.csv")
     prepare.add_argument("--force", action="store_true", help="rebuild the files even if they are up to date")
+
+    new = command("new-experiment", "write a new config that differs from another in the values you --set",
+                  "  finetune new-experiment exp2 --set model.dropout=0.3\n"
+                  "  finetune new-experiment exp3 --from finetune_pipeline/configs/exp2.json "
+                  "--set training.learning_rate=0.0005")
+    new.add_argument("name", help=f"the new config is written to {CONFIGS_DIR}/NAME.json")
+    new.add_argument("--from", dest="source", default=DEFAULT_CONFIG, help=f"the config to start from (default: {DEFAULT_CONFIG})")
+    add_set_argument(new)
+
+    sweep = command("sweep", "run an experiment's members one after another, then compare them",
+                    "  finetune sweep A --seeds 42,43,44     # the baseline, three seeds: how big is seed noise?\n"
+                    "  finetune sweep C                      # head width x dropout, 9 runs\n"
+                    "  finetune sweep D --set training.epochs=1\n"
+                    "  finetune sweep my_sweep.json")
+    sweep.add_argument("sweep", help="a preset (A, B, C, D: finetune_pipeline/configs/experiments/) or a sweep file")
+    sweep.add_argument("--seeds", type=parse_seeds, default=None, help="comma-separated seeds, each member runs with each")
+    add_set_argument(sweep)
+
+    compare = command("compare", "compare runs: scores, time, memory, loss stability, and whether the comparison is fair",
+                      "  finetune compare finetune_pipeline/artifacts/20261126-101500 finetune_pipeline/artifacts/20261126-102000\n"
+                      "  finetune compare finetune_pipeline/artifacts/sweeps/20261126-110000-C\n"
+                      "  finetune compare 'finetune_pipeline/artifacts/20261126-*'\n"
+                      "  finetune compare --last 3")
+    compare.add_argument("runs", nargs="*", help="run folders, sweep folders or glob patterns")
+    compare.add_argument("--last", type=int, default=None, metavar="N", help="the N newest runs")
+    compare.add_argument("--artifacts-root", default=DEFAULT_ARTIFACTS_ROOT, help="where --last looks for runs")
+    compare.add_argument("--output-dir", default=None, help="where compare.md/.csv/.png go "
+                         "(default: the sweep folder for one sweep, else ARTIFACTS_ROOT/comparisons/<time>)")
+
+    evaluate = command("evaluate", "score a trained run on any labelled file",
+                       "  finetune evaluate finetune_pipeline/artifacts/20261126-101500 --data my_reviews.csv\n"
+                       "  finetune evaluate RUN_DIR --data ../shared/data/sst2/dev.tsv --text-column content")
+    evaluate.add_argument("run_dir", help="a run folder")
+    evaluate.add_argument("--data", required=True, help="a labelled .csv, .tsv or .jsonl file")
+    evaluate.add_argument("--text-column", default=None, help="default: the run's data.text_column")
+    evaluate.add_argument("--label-column", default=None, help="default: the run's data.label_column")
+    evaluate.add_argument("--name", default=None, help="the result goes to RUN_DIR/evaluations/NAME.json (default: the file's name)")
+
+    predict = command("predict", "label new texts with a trained run",
+                      "  finetune predict finetune_pipeline/artifacts/20261126-101500 --text \"A warm, funny film.\"\n"
+                      "  finetune predict RUN_DIR --input reviews.csv --output predictions.csv\n"
+                      "  finetune predict RUN_DIR --input reviews.txt --output predictions.jsonl")
+    predict.add_argument("run_dir", help="a run folder")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a text to label (repeatable)")
+    source.add_argument("--input", help="a .csv, .tsv or .jsonl file with a text column, or .txt with one text per line")
+    predict.add_argument("--output", help="with --input: the .csv or .jsonl file to write")
+    predict.add_argument("--text-column", default=None, help="default: the run's data.text_column")
     return parser
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"path of the JSON config (default: {DEFAULT_CONFIG})")
+    add_set_argument(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="check everything and try the heaviest step for memory, print the plan, train nothing")
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one config value, e.g. --set training.batch_size=4 (repeatable; "
+                             "the value is read as JSON where it parses, else as text)")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 42,43,44") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected at least one seed, e.g. 42,43,44")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return run_command(lambda: train_command(args.config, args.dry_run))
-    return run_command(lambda: prepare_data_command(args.output_dir, args.force))
+    commands: dict[str, Callable[[], int | None]] = {
+        "train": lambda: train_command(args.config, args.overrides, args.dry_run),
+        "prepare-data": lambda: prepare_data_command(args.output_dir, args.force),
+        "new-experiment": lambda: new_experiment_command(args.name, args.source, args.overrides),
+        "sweep": lambda: sweep_command(args.sweep, args.seeds, args.overrides),
+        "compare": lambda: compare_command(args.runs, args.last, args.artifacts_root, args.output_dir),
+        "evaluate": lambda: evaluate_command(args.run_dir, args.data, args.text_column, args.label_column, args.name),
+        "predict": lambda: predict_command(args.run_dir, args.text, args.input, args.output, args.text_column),
+    }
+    return run_command(commands[args.command])
 
 
 # The heavy imports (torch, transformers) happen inside the commands, so that `--help` answers at once.
-def train_command(config_path: str, dry_run: bool) -> None:
-    from finetune_pipeline.config import load_config
+def train_command(config_path: str, assignments: list[str], dry_run: bool) -> None:
+    from finetune_pipeline.config import load_config, parse_overrides
     from finetune_pipeline.run import dry_run as plan_run
     from finetune_pipeline.run import run_training
     from finetune_pipeline.run_log import configure_console_logging
 
     configure_console_logging()
-    config = load_config(config_path)
+    overrides = parse_overrides(assignments)
+    config = load_config(config_path, overrides)
     if dry_run:
         print(format_plan(plan_run(config)))
         return
-    run_dir = run_training(config)
+    run_dir = run_training(config, origin={"config_file": config_path, "overrides": overrides})
     print(f"run folder: {run_dir}")
 
 
@@ -87,18 +174,86 @@ def prepare_data_command(output_dir: str | None, force: bool) -> None:
     prepare_default_dataset(output_dir or DEFAULT_DATA_DIR, force=force)
 
 
-def run_command(command: Callable[[], None]) -> int:
+def new_experiment_command(name: str, source: str, assignments: list[str]) -> None:
+    from finetune_pipeline.config import parse_overrides, write_new_experiment
+
+    path, changes = write_new_experiment(CONFIGS_DIR, name, source, parse_overrides(assignments))
+    print(f"wrote {path}")
+    if not changes:
+        print(f"warning: it has the same values as {source}; add --set KEY=VALUE to change one")
+    for key, (old, new) in changes.items():
+        print(f"  {key}: {json.dumps(old)} -> {json.dumps(new)}")
+    print(f"train it: python finetune_pipeline/scripts/train.py --config {path}")
+
+
+def sweep_command(name_or_path: str, seeds: list[int] | None, assignments: list[str]) -> int:
+    from finetune_pipeline.compare import compare_runs, print_comparison
+    from finetune_pipeline.config import parse_overrides
+    from finetune_pipeline.run_log import configure_console_logging
+    from finetune_pipeline.sweep import load_sweep, resolve_sweep_file, run_sweep
+
+    configure_console_logging()
+    sweep = load_sweep(resolve_sweep_file(name_or_path), seeds, parse_overrides(assignments))
+    sweep_dir = run_sweep(sweep)
+    run_dirs = [Path(member.run_dir) for member in sweep.members if member.run_dir]
+    if run_dirs:
+        print_comparison(compare_runs(run_dirs, sweep_dir))
+    failed = [member for member in sweep.members if member.status != "completed"]
+    for member in failed:
+        print(f"member {member.name} (seed {member.seed}) failed: {member.error}", file=sys.stderr)
+    print(f"sweep folder: {sweep_dir} ({len(sweep.members) - len(failed)} of {len(sweep.members)} members completed)")
+    return EXIT_SWEEP_HAD_FAILURES if failed else 0
+
+
+def compare_command(targets: list[str], last: int | None, artifacts_root: str, output_dir: str | None) -> None:
+    from finetune_pipeline.compare import compare_runs, default_output_dir, print_comparison, resolve_run_dirs
+
+    if not targets and last is None:
+        raise UserInputError("compare: name run or sweep folders, a glob, or --last N")
+    run_dirs = resolve_run_dirs(targets, last, Path(artifacts_root))
+    if output_dir is None:
+        single_sweep = len(targets) == 1 and (Path(targets[0]) / "sweep.json").is_file()
+        output_dir = targets[0] if single_sweep else str(default_output_dir(Path(artifacts_root)))
+    comparison = compare_runs(run_dirs, Path(output_dir))
+    print_comparison(comparison)
+
+
+def evaluate_command(run_dir: str, data: str, text_column: str | None, label_column: str | None, name: str | None) -> None:
+    from finetune_pipeline.inference import evaluate_file
+
+    metrics, path = evaluate_file(Path(run_dir), Path(data), text_column, label_column, name)
+    print(f"{data}: {metrics['examples']} examples; accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    print(f"written to {path}")
+
+
+def predict_command(run_dir: str, texts: list[str] | None, input_file: str | None, output_file: str | None,
+                    text_column: str | None) -> None:
+    from finetune_pipeline.inference import predict_file, predict_texts
+
+    if texts:
+        for prediction in predict_texts(Path(run_dir), texts):
+            probabilities = ", ".join(f"{label} {p:.3f}" for label, p in prediction.probabilities.items())
+            print(f"{prediction.label}\t({probabilities})\t{prediction.text}")
+        return
+    if not output_file:
+        raise UserInputError("predict --input needs --output, the .csv or .jsonl file to write the predictions to")
+    count = predict_file(Path(run_dir), Path(input_file), Path(output_file), text_column)
+    print(f"labelled {count} texts: {output_file}")
+
+
+def run_command(command: Callable[[], int | None]) -> int:
     """Run a command; a user error prints one actionable message (no traceback) and exits with its code:
-    2 for bad input, 3 for a run that does not fit in memory."""
+    2 for bad input, 3 for a run that does not fit in memory, 4 for a loss that became NaN."""
     try:
-        command()
+        return command() or 0
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
+        if err.run_dir is not None:
+            print(f"what the run wrote is in {err.run_dir}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C): every file written so far is complete", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 0
 
 
 def train_script_main() -> int:
@@ -106,7 +261,7 @@ def train_script_main() -> int:
     parser = argparse.ArgumentParser(prog="train.py", description="Train as a JSON config says.")
     add_train_arguments(parser)
     args = parser.parse_args()
-    return run_command(lambda: train_command(args.config, args.dry_run))
+    return run_command(lambda: train_command(args.config, args.overrides, args.dry_run))
 
 
 if __name__ == "__main__":

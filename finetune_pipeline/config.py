@@ -4,9 +4,11 @@ Defaults live here and nowhere else. A config file only needs the keys it change
 from this schema, and the effective config (file merged over defaults) is saved with every run.
 """
 
+import copy
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,8 +107,18 @@ class Config(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a JSON config file and validate it; every problem becomes one readable UserInputError."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a JSON config file, apply --set overrides, and validate the result; every problem becomes
+    one readable UserInputError."""
+    raw = read_config_file(path)
+    if not overrides:
+        return config_from_dict(raw, source=str(path))
+    settings = " ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items())
+    return config_from_dict(apply_overrides(raw, overrides), source=f"{path} with --set {settings}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object in a config file, not yet validated."""
     path = Path(path)
     if path.is_dir():
         raise UserInputError(f"config {path}: is a directory; pass the path of a .json file")
@@ -123,7 +135,96 @@ def load_config(path: str | Path) -> Config:
         raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserInputError(f"config {path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    return config_from_dict(raw, source=str(path))
+    if not isinstance(raw, dict):
+        raise UserInputError(f"config {path}: the top level must be a JSON object {{...}}, got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """'training.batch_size=4' -> ('training.batch_size', 4).
+
+    The value is read as JSON where it parses (numbers, true/false, null, "quoted strings") and taken
+    as a plain string otherwise, so `--set training.mixed_precision=bf16` needs no quotes.
+    """
+    key, equals, text = assignment.partition("=")
+    key = key.strip()
+    if not equals or not key:
+        raise UserInputError(f"--set {assignment!r}: expected KEY=VALUE, for example --set training.batch_size=4")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return key, value
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """Several --set arguments, in order; a key set twice keeps its last value."""
+    return dict(parse_override(assignment) for assignment in assignments)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config dict with dotted keys set: {'training.epochs': 1} sets raw['training']['epochs'].
+
+    Unknown keys are not checked here: validation does that, with the same "did you mean" as for files.
+    """
+    merged = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        *sections, leaf = key.split(".")
+        node = merged
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise UserInputError(f"--set {key}: '{section}' holds a value, not a section of keys")
+        node[leaf] = value
+    return merged
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'training': {'epochs': 3}} -> {'training.epochs': 3}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(config: Config, reference: Config) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ: {key: (value in reference, value in config)}."""
+    ours, theirs = flatten(config.to_plain()), flatten(reference.to_plain())
+    return {key: (theirs[key], ours[key]) for key in ours if ours[key] != theirs[key]}
+
+
+def non_default_values(config: Config) -> dict[str, Any]:
+    """The config as a file needs to hold it: only the keys whose values differ from the defaults."""
+    return apply_overrides({}, {key: new for key, (_, new) in changed_keys(config, Config()).items()})
+
+
+def write_new_experiment(
+    configs_dir: Path, name: str, source: str | Path, overrides: dict[str, Any]
+) -> tuple[Path, dict[str, tuple[Any, Any]]]:
+    """Write configs_dir/NAME.json: the source config with overrides, holding only the keys that differ
+    from the defaults. Returns the path and what differs from the source, {key: (source value, new value)}.
+
+    An existing experiment is never overwritten.
+    """
+    name = name.removesuffix(".json")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UserInputError(f"new-experiment '{name}': use letters, digits, '_', '-' and '.' only, e.g. exp2_dropout")
+    path = Path(configs_dir) / f"{name}.json"
+    if path.exists():
+        raise UserInputError(f"{path} exists already; choose another name (experiments are never overwritten)")
+    source_config, new_config = load_config(source), load_config(source, overrides)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(non_default_values(new_config), indent=2) + "\n", encoding="utf-8")
+    try:
+        path.hardlink_to(temporary)  # a link, unlike a rename, fails if the name exists
+    except FileExistsError:
+        raise UserInputError(f"{path} exists already; choose another name") from None
+    finally:
+        temporary.unlink()
+    return path, changed_keys(new_config, source_config)
 
 
 def config_from_dict(raw: Any, source: str = "config") -> Config:

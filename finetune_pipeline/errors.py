@@ -5,6 +5,7 @@ Anything else that escapes is a bug in this package and keeps its traceback.
 
 EXIT_BAD_INPUT = 2
 EXIT_OUT_OF_MEMORY = 3
+EXIT_DIVERGED = 4
 EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by Ctrl-C (128 + SIGINT)
 
 
@@ -12,9 +13,17 @@ class UserInputError(Exception):
     """Bad config, data or arguments: the message says what, where, and how to fix it."""
 
     exit_code = EXIT_BAD_INPUT
+    run_dir = None  # set when the error stopped a run that had already created its folder
 
 
 class OutOfMemory(UserInputError):
     """The run does not fit in memory: the message names the cause and the knobs that make it fit."""
 
     exit_code = EXIT_OUT_OF_MEMORY
+
+
+class TrainingDiverged(UserInputError):
+    """The loss became NaN or infinite: the weights are lost, and the settings (usually the learning rate)
+    are what to change."""
+
+    exit_code = EXIT_DIVERGED

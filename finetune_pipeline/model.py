@@ -3,6 +3,9 @@
     text -> tokenizer -> backbone -> (batch, seq, hidden) -> pooling -> (batch, hidden) -> head -> logits
 """
 
+import contextlib
+import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,8 +33,27 @@ def resolve_backbone(backbone: str) -> str:
     return backbone
 
 
+# Backbones loaded so far, by location, while a sweep runs its members in one process (see below).
+_loaded_backbones: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] | None = None
+
+
+@contextlib.contextmanager
+def keep_loaded_backbones() -> Iterator[None]:
+    """Within this block, each backbone is read from disk once; every load after that gets a fresh copy
+    of the pristine weights (a trained backbone must never leak into the next run)."""
+    global _loaded_backbones
+    _loaded_backbones = {}
+    try:
+        yield
+    finally:
+        _loaded_backbones = None
+
+
 def load_backbone(backbone: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     location = resolve_backbone(backbone)
+    if _loaded_backbones is not None and location in _loaded_backbones:
+        pristine, tokenizer = _loaded_backbones[location]
+        return copy.deepcopy(pristine), tokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         # SDPA: PyTorch's fused attention kernels, faster and leaner than the eager implementation.
@@ -42,6 +64,8 @@ def load_backbone(backbone: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
             "Give a local folder with config.json, weights and tokenizer files, or a Hugging Face "
             "model id that is in your local cache or reachable online"
         ) from None
+    if _loaded_backbones is not None:
+        _loaded_backbones[location] = (copy.deepcopy(model), tokenizer)
     return model, tokenizer
 
 

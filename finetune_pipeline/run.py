@@ -26,6 +26,7 @@ from finetune_pipeline.feature_cache import FeatureSplit, cache_key, extract_fea
 from finetune_pipeline.freeze_proof import build_freeze_proof, fingerprint_of, snapshot
 from finetune_pipeline.memory_check import check_fits, is_out_of_memory, out_of_memory, run_preflight
 from finetune_pipeline.model import TextClassifier, backbone_max_length, build_model, count_parameters, load_backbone
+from finetune_pipeline.provenance import code_version, data_fingerprints
 from finetune_pipeline.run_log import RunLogging, log_event
 from finetune_pipeline.training import TrainingOutcome, optimizer_steps_per_epoch, train_model
 
@@ -106,8 +107,12 @@ def token_lengths(prepared: PreparedRun) -> dict[str, dict[str, float]]:
     return {name: length_statistics(split, prepared.config.data.max_length) for name, split in prepared.tokenized.items()}
 
 
-def run_training(config: Config) -> Path:
-    """Train as the config says and return the run folder."""
+def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
+    """Train as the config says and return the run folder.
+
+    origin says where the config came from (config file, --set overrides, sweep member); it is recorded
+    in metrics.json as it is.
+    """
     started = time.perf_counter()
     prepared = prepare_run(config)
     model, device, precision, splits = prepared.model, prepared.device, prepared.precision, prepared.splits
@@ -115,7 +120,7 @@ def run_training(config: Config) -> Path:
     run_dir = artifacts.create_run_dir(config.output.artifacts_root)
     artifacts.write_json(run_dir / artifacts.CONFIG_FILE, config.to_plain())
     with RunLogging(run_dir / artifacts.TRAIN_LOG_FILE):
-        metrics = initial_metrics(prepared)
+        metrics = initial_metrics(prepared) | (origin or {})
         log_run_start(prepared, run_dir, metrics)
         artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
 
@@ -138,6 +143,7 @@ def run_training(config: Config) -> Path:
                                        reload_original=lambda: load_backbone(config.model.backbone)[0].state_dict())
             head_before = snapshot(model.head)
             backbone_sha256 = fingerprint_of(backbone_before.hashes)
+            metrics["backbone_sha256"] = backbone_sha256
             if prepared.uses_feature_cache:
                 inputs = cached_feature_splits(prepared, backbone_sha256)
                 metrics["feature_cache"] = {name: split_status for name, (_, split_status) in inputs.items()}
@@ -186,6 +192,8 @@ def run_training(config: Config) -> Path:
             else:
                 metrics["error"] = f"{type(error).__name__}: {error}"
                 log_event("failed", level=logging.ERROR, error=metrics["error"])
+            if isinstance(error, UserInputError):
+                error.run_dir = run_dir
             raise error from None
         finally:
             metrics["wall_time_s"] = time.perf_counter() - started
@@ -239,6 +247,8 @@ def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
         "token_lengths": token_lengths(prepared),
         "seed": config.seed,
         "config_hash": config.fingerprint(),
+        "data_files": data_fingerprints(config.data),
+        "code_version": code_version(),
         "device": str(prepared.device),
         "mixed_precision": {"requested": precision.requested, "used": precision.used, "reason": precision.reason},
         "effective_batch_size": config.effective_batch_size(),

@@ -18,6 +18,7 @@ from transformers import get_scheduler
 from finetune_pipeline.config import Config, TrainingConfig
 from finetune_pipeline.batching import TokenizedSplit, training_batches
 from finetune_pipeline.device import Precision, autocast, memory_reading
+from finetune_pipeline.errors import TrainingDiverged
 from finetune_pipeline.evaluation import evaluate
 from finetune_pipeline.feature_cache import FeatureSplit
 from finetune_pipeline.model import TextClassifier
@@ -141,6 +142,10 @@ def train_model(
             is_last_micro_batch = (batch_idx + 1) % accumulation == 0 or batch_idx + 1 == len(batches)
             if not is_last_micro_batch:
                 continue
+            # Once NaN or inf, the window's sum stays so: one check per optimizer step finds the first bad
+            # step before its update reaches the weights (the best checkpoint so far stays usable).
+            if not torch.isfinite(window_loss_sum):
+                raise diverged(training, epoch, step + 1, precision)
             # The optimizer step, in the order that keeps fp16 correct:
             # unscale -> clip -> step -> update the scale -> zero the gradients -> next learning rate.
             if training.max_grad_norm is not None:
@@ -195,3 +200,15 @@ def train_model(
         if outcome.stopped_early:
             break
     return outcome
+
+
+def diverged(training: TrainingConfig, epoch: int, step: int, precision: Precision) -> TrainingDiverged:
+    encoder = "" if training.freeze_backbone else f", training.encoder_learning_rate={training.encoder_learning_rate}"
+    fp16 = (" Under fp16, values above 65504 overflow: training.mixed_precision \"bf16\" or \"no\" avoids that."
+            if precision.used == "fp16" else "")
+    return TrainingDiverged(
+        f"the training loss became NaN or infinite at optimizer step {step} (epoch {epoch}); the update was not "
+        f"applied. The usual cause is a learning rate too high for this model: training.learning_rate="
+        f"{training.learning_rate}{encoder}. Divide it by 10 and run again; training.max_grad_norm (now "
+        f"{training.max_grad_norm}) also limits each update.{fp16}"
+    )
