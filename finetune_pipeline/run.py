@@ -27,6 +27,8 @@ from finetune_pipeline.freeze_proof import build_freeze_proof, fingerprint_of, s
 from finetune_pipeline.memory_check import check_fits, is_out_of_memory, out_of_memory, run_preflight
 from finetune_pipeline.model import TextClassifier, backbone_max_length, build_model, count_parameters, load_backbone
 from finetune_pipeline.provenance import code_version, data_fingerprints
+from finetune_pipeline.report import write_run_report
+from finetune_pipeline.tensorboard_log import TensorBoardHandler, open_tensorboard
 from finetune_pipeline.run_log import RunLogging, log_event
 from finetune_pipeline.training import TrainingOutcome, optimizer_steps_per_epoch, train_model
 
@@ -119,7 +121,8 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
 
     run_dir = artifacts.create_run_dir(config.output.artifacts_root)
     artifacts.write_json(run_dir / artifacts.CONFIG_FILE, config.to_plain())
-    with RunLogging(run_dir / artifacts.TRAIN_LOG_FILE):
+    tensorboard = open_tensorboard(run_dir)  # None without the optional tensorboard package
+    with RunLogging(run_dir / artifacts.TRAIN_LOG_FILE, *filter(None, [tensorboard])):
         metrics = initial_metrics(prepared) | (origin or {})
         log_run_start(prepared, run_dir, metrics)
         artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
@@ -199,9 +202,21 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
             metrics["wall_time_s"] = time.perf_counter() - started
             metrics["peak_memory_mb"] = peak_memory_mb(device)
             artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
+            write_summaries(run_dir, config, metrics, tensorboard)
         log_event("done", run_dir=run_dir, wall_time_s=metrics["wall_time_s"],
                   **{f"peak_{kind}_mb": value for kind, value in metrics["peak_memory_mb"].items()})
     return run_dir
+
+
+def write_summaries(run_dir: Path, config: Config, metrics: dict[str, Any], tensorboard: TensorBoardHandler | None) -> None:
+    """curves.png, report.html and TensorBoard's hparams, from what the run got to. Also after a failure:
+    a problem here is logged, never raised, so it cannot hide the run's own error."""
+    try:
+        if tensorboard is not None:
+            tensorboard.write_hparams(config.to_plain(), metrics)
+        write_run_report(run_dir)
+    except OSError as error:
+        log_event("warning", level=logging.WARNING, message=f"report not written: {error}")
 
 
 def cached_feature_splits(prepared: PreparedRun, backbone_sha256: str) -> dict[str, tuple[FeatureSplit, str]]:

@@ -19,7 +19,7 @@ logger = logging.getLogger(LOGGER_NAME)
 def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
-    text = str(value)
+    text = str(value).replace("\n", " | ")  # one event, one line: a multi-line message would break parsing
     return shlex.quote(text) if (not text or any(c.isspace() or c in "\"'=" for c in text)) else text
 
 
@@ -46,23 +46,26 @@ class RunLogging:
     Console lines go through tqdm so that they do not break the progress bars.
     """
 
-    def __init__(self, log_file: Path) -> None:
-        self.file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        self.file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    def __init__(self, log_file: Path, *extra_handlers: logging.Handler) -> None:
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+        self.handlers = [file_handler, *extra_handlers]  # e.g. TensorBoard, which reads the same events
         self.redirect = logging_redirect_tqdm([logger])
 
     def __enter__(self) -> "RunLogging":
         self.previous_level = logger.level
         logger.setLevel(logging.INFO)  # train.log gets every event, whatever the caller's logging setup
-        logger.addHandler(self.file_handler)
+        for handler in self.handlers:
+            logger.addHandler(handler)
         self.redirect.__enter__()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.redirect.__exit__(*exc_info)
-        logger.removeHandler(self.file_handler)
+        for handler in self.handlers:
+            logger.removeHandler(handler)
+            handler.close()
         logger.setLevel(self.previous_level)
-        self.file_handler.close()
 
 
 def configure_console_logging() -> None:
