@@ -68,34 +68,62 @@ def read_split(data: DataConfig, split: str, path: str) -> list[Example]:
     )
 
 
-def read_labelled_file(path: Path, text_column: str, label_column: str, split: str) -> list[Example]:
-    """Read CSV, TSV (no quoting, as GLUE ships it) or JSON Lines into examples."""
-    text = read_utf8(path, split)
-    if path.suffix.lower() == ".jsonl":
-        examples = parse_jsonl(text, path, text_column, label_column)
-    else:
-        examples = parse_delimited(text, path, text_column, label_column, split)
-    if not examples:
-        raise UserInputError(f"{path}: has a header but no rows; the {split} split needs labelled examples")
-    return examples
+@dataclass(frozen=True)
+class FileSettings:
+    """The settings that name a file and its columns: messages tell the user which one to change."""
+
+    file: str  # "data.val_file" in a config, "--data" on the command line
+    columns: dict[str, str]  # role ("text", "label") -> its setting, e.g. "data.text_column" or "--text-column"
 
 
-def read_utf8(path: Path, split: str) -> str:
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+def split_settings(split: str) -> FileSettings:
+    """The config keys behind the train, val or test file."""
+    return FileSettings(
+        file=f"data.{split}_file",
+        columns={role: f"data.{role}_column, or data.columns.{split}.{role}_column for this file only"
+                 for role in ("text", "label")},
+    )
+
+
+@dataclass
+class Record:
+    """One row (CSV, TSV) or one line (JSON Lines), before its values are checked."""
+
+    line: int  # 1-based line where the record starts
+    values: dict[str, object]  # role -> value: always a string in CSV/TSV, any JSON value in JSON Lines
+
+
+def read_labelled_file(
+    path: Path, text_column: str, label_column: str, split: str | FileSettings
+) -> list[Example]:
+    """Read CSV, TSV (no quoting, as GLUE ships it) or JSON Lines into examples.
+
+    split: "train", "val" or "test" for a file the config names, or the FileSettings of one named elsewhere.
+    """
+    settings = split if isinstance(split, FileSettings) else split_settings(split)
+    columns = {"text": text_column, "label": label_column}
+    records = parse_records(read_utf8(path, settings), path, columns, settings)
+    if not records:
+        raise UserInputError(f"{path}: has a header but no rows; {settings.file} needs labelled examples")
+    return [Example(text=checked_text(record, path, text_column), label=checked_label(record, path, label_column),
+                    line=record.line) for record in records]
+
+
+def read_utf8(path: Path, settings: FileSettings, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> str:
+    if path.suffix.lower() not in suffixes:
         raise UserInputError(
-            f"{path}: unsupported file type '{path.suffix}'; data.{split}_file must end in "
-            f"{', '.join(SUPPORTED_SUFFIXES)}"
+            f"{path}: unsupported file type '{path.suffix}'; {settings.file} must end in {', '.join(suffixes)}"
         )
     if path.is_dir():
-        raise UserInputError(f"{path}: is a directory; data.{split}_file must name a file")
+        raise UserInputError(f"{path}: is a directory; {settings.file} must name a file")
     if not path.exists():
         raise UserInputError(
             f"{path}: file not found (relative paths start from the current directory, {Path.cwd()}); "
-            f"fix data.{split}_file, or run `finetune prepare-data` for the default dataset"
+            f"fix {settings.file}, or run `finetune prepare-data` for the default dataset"
         )
     raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # Excel's byte-order mark is not part of the header
     if not raw.strip():
-        raise UserInputError(f"{path}: file is empty; data.{split}_file needs a header and labelled rows")
+        raise UserInputError(f"{path}: file is empty; {settings.file} must name a file with data")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -106,7 +134,14 @@ def read_utf8(path: Path, split: str) -> str:
         ) from None
 
 
-def parse_delimited(text: str, path: Path, text_column: str, label_column: str, split: str) -> list[Example]:
+def parse_records(text: str, path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
+    """The values of the given columns (role -> column name) in every non-blank record."""
+    if path.suffix.lower() == ".jsonl":
+        return parse_jsonl(text, path, columns, settings)
+    return parse_delimited(text, path, columns, settings)
+
+
+def parse_delimited(text: str, path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
     is_tsv = path.suffix.lower() == ".tsv"
     reader = csv.reader(
         io.StringIO(text, newline=""),
@@ -117,9 +152,8 @@ def parse_delimited(text: str, path: Path, text_column: str, label_column: str, 
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
         raise UserInputError(f"{path}, line 1: duplicate column name(s) {duplicates}; rename them in the header")
-    text_index = column_index(header, text_column, "text", path, split)
-    label_index = column_index(header, label_column, "label", path, split)
-    examples = []
+    indices = {role: column_index(header, column, role, path, settings) for role, column in columns.items()}
+    records = []
     line = reader.line_num + 1
     for row in reader:
         if not any(field.strip() for field in row):  # blank line, e.g. at the end of the file
@@ -130,13 +164,13 @@ def parse_delimited(text: str, path: Path, text_column: str, label_column: str, 
                 f"{path}, line {line}: {len(row)} fields but the header has {len(header)}; "
                 "check the delimiter and the quoting of that line"
             )
-        examples.append(make_example(row[text_index], row[label_index], line, path, text_column, label_column))
+        records.append(Record(line, {role: row[index] for role, index in indices.items()}))
         line = reader.line_num + 1
-    return examples
+    return records
 
 
-def parse_jsonl(text: str, path: Path, text_column: str, label_column: str) -> list[Example]:
-    examples = []
+def parse_jsonl(text: str, path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
+    records = []
     # split on "\n" only: str.splitlines() would also split on U+2028 and friends, legal inside JSON strings
     for line, content in enumerate(text.split("\n"), start=1):
         if not content.strip():
@@ -146,42 +180,56 @@ def parse_jsonl(text: str, path: Path, text_column: str, label_column: str) -> l
         except json.JSONDecodeError as err:
             raise UserInputError(f"{path}, line {line}: invalid JSON ({err.msg}, column {err.colno})") from None
         if not isinstance(record, dict):
-            raise UserInputError(f"{path}, line {line}: each line must be a JSON object with the text and the label")
-        for column in (text_column, label_column):
+            raise UserInputError(
+                f"{path}, line {line}: each line must be a JSON object with the keys {', '.join(columns.values())}"
+            )
+        for role, column in columns.items():
             if column not in record:
                 raise UserInputError(
                     f"{path}, line {line}: no key '{column}'; keys found: {', '.join(record)}. "
-                    "Set data.text_column / data.label_column (or data.columns.<split>.*) to match"
+                    f"Set {settings.columns[role]} to match"
                 )
-        label = record[label_column]
-        if isinstance(label, bool) or not isinstance(label, (str, int, float, type(None))):
-            raise UserInputError(f"{path}, line {line}, key '{label_column}': a label must be a string or an integer")
-        if isinstance(label, float) and label.is_integer():
-            label = int(label)
-        if not isinstance(record[text_column], str):
-            raise UserInputError(f"{path}, line {line}, key '{text_column}': the text must be a string")
-        examples.append(make_example(record[text_column], "" if label is None else str(label), line, path, text_column, label_column))
-    return examples
+        records.append(Record(line, {role: record[column] for role, column in columns.items()}))
+    return records
 
 
-def column_index(header: list[str], column: str, role: str, path: Path, split: str) -> int:
+def column_index(header: list[str], column: str, role: str, path: Path, settings: FileSettings) -> int:
     if column in header:
         return header.index(column)
     raise UserInputError(
         f"{path}, line 1: no {role} column '{column}'; columns found: {', '.join(header)}. "
-        f"Set data.{role}_column, or data.columns.{split}.{role}_column for this file only"
+        f"Set {settings.columns[role]}"
     )
 
 
-def make_example(text: str, label: str, line: int, path: Path, text_column: str, label_column: str) -> Example:
+def checked_text(record: Record, path: Path, text_column: str) -> str:
+    """The text as it is (whitespace included: it is part of the input), which must not be empty."""
+    text = record.values["text"]
+    if not isinstance(text, str):
+        raise UserInputError(f"{path}, line {record.line}, key '{text_column}': the text must be a string")
     if not text.strip():
-        raise UserInputError(f"{path}, line {line}, column '{text_column}': empty text; remove the row or fill it in")
-    label = label.strip()  # ' positive' and 'positive' are one label
+        raise UserInputError(
+            f"{path}, line {record.line}, column '{text_column}': empty text; remove the row or fill it in"
+        )
+    return text
+
+
+def checked_label(record: Record, path: Path, label_column: str) -> str:
+    """The label as a string without surrounding whitespace; JSON's 1 and 1.0 both become '1'."""
+    label = record.values["label"]
+    if isinstance(label, bool) or not isinstance(label, (str, int, float, type(None))):
+        raise UserInputError(
+            f"{path}, line {record.line}, key '{label_column}': a label must be a string or an integer"
+        )
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    label = "" if label is None else str(label).strip()  # ' positive' and 'positive' are one label
     if label.lower() in MISSING_LABEL_SPELLINGS:
         raise UserInputError(
-            f"{path}, line {line}, column '{label_column}': missing label ({label!r}); remove the row or label it"
+            f"{path}, line {record.line}, column '{label_column}': missing label ({label!r}); "
+            "remove the row or label it"
         )
-    return Example(text=text, label=label, line=line)
+    return label
 
 
 def label_names_from(train: list[Example], path: str) -> list[str]:
@@ -205,11 +253,14 @@ def label_names_from(train: list[Example], path: str) -> list[str]:
 
 def check_labels_seen_in_train(split: list[Example], label_names: list[str], name: str, path: str) -> None:
     known = set(label_names)
+    by_casefold = {label.casefold(): label for label in label_names}
     for example in split:
         if example.label not in known:
+            close = by_casefold.get(example.label.casefold())
+            did_you_mean = f". Did you mean {close!r}?" if close else ""
             raise UserInputError(
                 f"{path}, line {example.line}: {name} label {example.label!r} never occurs in the train split "
-                f"(train labels: {label_names}); the model cannot predict a class it never saw"
+                f"(train labels: {label_names}); the model cannot predict a class it never saw{did_you_mean}"
             )
 
 

@@ -13,6 +13,26 @@ from finetune_pipeline.model import TextClassifier
 
 
 @torch.inference_mode()
+def predict_logits(
+    model: TextClassifier,
+    split: TokenizedSplit | FeatureSplit,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+) -> torch.Tensor:
+    """Logits (examples, num_labels) as float32 on the CPU, in the split's original order."""
+    was_training = model.training
+    model.eval()
+    logits = torch.empty(len(split), model.head.out_proj.out_features)
+    for indices in evaluation_batches(split.lengths, batch_size):
+        batch = split.batch(indices).to(device)
+        with autocast(device, precision):
+            batch_logits = batch.logits(model)  # (batch, num_labels)
+        logits[indices] = batch_logits.float().cpu()  # float32 holds fp16 and bf16 values exactly
+    model.train(was_training)
+    return logits
+
+
 def predict(
     model: TextClassifier,
     split: TokenizedSplit | FeatureSplit,
@@ -21,16 +41,7 @@ def predict(
     precision: Precision,
 ) -> np.ndarray:
     """Predicted label ids, in the split's original order."""
-    was_training = model.training
-    model.eval()
-    predictions = np.empty(len(split), dtype=np.int64)
-    for indices in evaluation_batches(split.lengths, batch_size):
-        batch = split.batch(indices).to(device)
-        with autocast(device, precision):
-            logits = batch.logits(model)  # (batch, num_labels)
-        predictions[indices] = logits.argmax(dim=-1).cpu().numpy()
-    model.train(was_training)
-    return predictions
+    return predict_logits(model, split, batch_size, device, precision).argmax(dim=-1).numpy()
 
 
 def classification_metrics(labels: list[int], predictions: np.ndarray, label_names: list[str]) -> dict[str, Any]:

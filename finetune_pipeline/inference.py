@@ -1,0 +1,199 @@
+"""Use a finished run: score its model on any labelled file, or label new texts.
+
+    run folder -> load_run (weights_only=True) -> tokenize as training did -> batches sorted by length
+               -> logits -> metrics (evaluate_file) or softmax probabilities (predict_texts, predict_file)
+
+Everything runs on the CPU, in the precision that the run's config asks for where the CPU does it well.
+"""
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune_pipeline.artifacts import BEST_MODEL_FILE, LoadedRun, load_run, write_atomically, write_json
+from finetune_pipeline.batching import TokenizedSplit, tokenize_split
+from finetune_pipeline.data import (
+    SUPPORTED_SUFFIXES,
+    Example,
+    FileSettings,
+    check_labels_seen_in_train,
+    checked_text,
+    parse_records,
+    read_labelled_file,
+    read_utf8,
+)
+from finetune_pipeline.device import Precision, resolve_precision
+from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.evaluation import evaluate, predict_logits
+
+EVALUATIONS_DIR = "evaluations"
+CPU = torch.device("cpu")  # load_run puts the model there
+INPUT_SUFFIXES = (*SUPPORTED_SUFFIXES, ".txt")
+OUTPUT_SUFFIXES = (".csv", ".jsonl")
+
+# The command-line options that name the files and columns, for messages that say what to change.
+EVALUATE_SETTINGS = FileSettings(file="--data", columns={"text": "--text-column", "label": "--label-column"})
+PREDICT_SETTINGS = FileSettings(file="--input", columns={"text": "--text-column"})
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: str  # the most probable class
+    probabilities: dict[str, float]  # every class, in the run's label order; they sum to 1
+
+
+def evaluate_file(
+    run_dir: Path,
+    data_file: Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    name: str | None = None,
+    checkpoint: str = BEST_MODEL_FILE,
+) -> tuple[dict[str, Any], Path]:
+    """The run's metrics on a labelled file, also written to RUN_DIR/evaluations/<name>.json."""
+    run_dir, data_file = Path(run_dir), Path(data_file)
+    output = evaluation_path(run_dir, data_file.stem if name is None else name)
+    run = load_trained_run(run_dir, checkpoint)
+    data = run.config.data
+    examples = read_labelled_file(data_file, text_column or data.text_column, label_column or data.label_column,
+                                  EVALUATE_SETTINGS)
+    check_labels_seen_in_train(examples, run.label_names, "evaluation", str(data_file))
+    split = tokenize_split(examples, run.label_names, run.tokenizer, data.max_length)
+    # the batches of the run's own test evaluation: a CPU run's test file gives exactly its test metrics
+    metrics = evaluate(run.model, split, run.label_names, run.config.training.eval_batch_size, CPU,
+                       cpu_precision(run))
+    metrics.update(
+        examples=len(examples),
+        data_file=str(data_file.resolve()),
+        data_sha256=hashlib.sha256(data_file.read_bytes()).hexdigest(),
+        checkpoint=checkpoint,
+        label_names=run.label_names,
+    )
+    output.parent.mkdir(exist_ok=True)
+    write_json(output, metrics)
+    return metrics, output
+
+
+def evaluation_path(run_dir: Path, name: str) -> Path:
+    if name in ("", ".", "..") or any(separator in name for separator in "/\\"):
+        raise UserInputError(f"--name {name!r}: must be a plain file name, without '/' or '\\'")
+    return run_dir / EVALUATIONS_DIR / f"{name}.json"
+
+
+def predict_texts(
+    run_dir: Path, texts: list[str], batch_size: int = 32, checkpoint: str = BEST_MODEL_FILE
+) -> list[Prediction]:
+    """The run's prediction for each text, in the order given."""
+    check_texts(texts)
+    return predictions_for(load_trained_run(Path(run_dir), checkpoint), texts, batch_size)
+
+
+def predict_file(
+    run_dir: Path,
+    input_file: Path,
+    output_file: Path,
+    text_column: str | None = None,
+    batch_size: int = 32,
+    checkpoint: str = BEST_MODEL_FILE,
+) -> int:
+    """Label every text of input_file and write the predictions to output_file; returns how many."""
+    input_file, output_file = Path(input_file), Path(output_file)
+    if output_file.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserInputError(
+            f"--output {output_file}: unsupported file type '{output_file.suffix}'; it must end in "
+            f"{', '.join(OUTPUT_SUFFIXES)}"
+        )
+    if output_file.resolve() == input_file.resolve():
+        raise UserInputError(f"--output {output_file}: is the input file; write the predictions to another file")
+    run = load_trained_run(Path(run_dir), checkpoint)
+    texts = read_texts(input_file, text_column or run.config.data.text_column)
+    predictions = predictions_for(run, texts, batch_size)
+    if output_file.suffix.lower() == ".jsonl":
+        content = predictions_jsonl(predictions)
+    else:
+        content = predictions_csv(predictions, run.label_names)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(output_file, lambda file: file.write(content.encode("utf-8")))
+    return len(predictions)
+
+
+def load_trained_run(run_dir: Path, checkpoint: str) -> LoadedRun:
+    """load_run, with a message that says why a run folder can lack its checkpoint."""
+    if not run_dir.is_dir():
+        raise UserInputError(f"{run_dir}: no such run folder; give one of the folders under output.artifacts_root")
+    if not (run_dir / checkpoint).is_file():
+        unfinished = "its first epoch" if checkpoint == BEST_MODEL_FILE else "training"
+        raise UserInputError(
+            f"no {checkpoint} in {run_dir}: the run did not finish {unfinished}; see its train.log and "
+            "metrics.json, and give a run folder that has it"
+        )
+    return load_run(run_dir, checkpoint)
+
+
+def cpu_precision(run: LoadedRun) -> Precision:
+    """The precision the run was trained with, where the CPU does it well (see device.resolve_precision)."""
+    return resolve_precision(run.config.training.mixed_precision, CPU)
+
+
+def check_texts(texts: list[str]) -> None:
+    if not texts:
+        raise UserInputError("no texts to predict; give at least one")
+    for position, text in enumerate(texts, start=1):
+        if not text.strip():
+            raise UserInputError(f"text {position} of {len(texts)} is empty; a text needs at least one word")
+
+
+def read_texts(path: Path, text_column: str) -> list[str]:
+    """Texts to label: a column of a CSV, TSV or JSON Lines file, or each non-blank line of a .txt file."""
+    content = read_utf8(path, PREDICT_SETTINGS, INPUT_SUFFIXES)
+    if path.suffix.lower() == ".txt":
+        return [line.removesuffix("\r") for line in content.split("\n") if line.strip()]
+    records = parse_records(content, path, {"text": text_column}, PREDICT_SETTINGS)
+    if not records:
+        raise UserInputError(f"{path}: has a header but no rows; --input needs texts to label")
+    return [checked_text(record, path, text_column) for record in records]
+
+
+def predictions_for(run: LoadedRun, texts: list[str], batch_size: int) -> list[Prediction]:
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size {batch_size}: must be 1 or more")
+    logits = predict_logits(run.model, tokenize_texts(run, texts), batch_size, CPU, cpu_precision(run))
+    label_ids = logits.argmax(dim=-1).tolist()  # as evaluate() decides, so both always agree
+    probabilities = logits.softmax(dim=-1).tolist()
+    return [
+        Prediction(text=text, label=run.label_names[label_id],
+                   probabilities=dict(zip(run.label_names, row, strict=True)))
+        for text, label_id, row in zip(texts, label_ids, probabilities, strict=True)
+    ]
+
+
+def tokenize_texts(run: LoadedRun, texts: list[str]) -> TokenizedSplit:
+    """Token ids as training made them: the run's tokenizer, truncated to the run's data.max_length."""
+    # tokenize_split also turns each label into its id; texts to label have none, so each carries the
+    # first class as a stand-in that nothing reads.
+    stand_in = run.label_names[0]
+    examples = [Example(text=text, label=stand_in, line=position) for position, text in enumerate(texts, start=1)]
+    return tokenize_split(examples, run.label_names, run.tokenizer, run.config.data.max_length)
+
+
+def predictions_csv(predictions: list[Prediction], label_names: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["text", "label", *(f"prob_{label}" for label in label_names)])
+    for prediction in predictions:
+        writer.writerow([prediction.text, prediction.label, *prediction.probabilities.values()])
+    return buffer.getvalue()
+
+
+def predictions_jsonl(predictions: list[Prediction]) -> str:
+    return "".join(
+        json.dumps({"text": p.text, "label": p.label, "probabilities": p.probabilities}, ensure_ascii=False) + "\n"
+        for p in predictions
+    )
