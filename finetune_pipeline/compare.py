@@ -17,6 +17,7 @@ import io
 import json
 import re
 import statistics
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,13 +54,17 @@ NOISE_UNKNOWN = "noise unknown"
 SEEDS_EXAMPLE = "finetune sweep A --seeds 42,43,44"
 
 MISSING = "—"
+PIPED_OUTPUT_WIDTH = 160
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 SHA256_SHOWN = 12  # characters of a digest shown to people; comparisons use all 64
 
-# Words, not snake_case, so that a narrow console can break the headers between them.
-RUN_COLUMNS = ("run", "status", "best val score", "test score", "best epoch", "run time (s)", "s / epoch",
-               "peak RSS (MiB)", "loss stability", "seed", "differs from reference in")
-NUMBER_COLUMNS = {"best val score", "test score", "best epoch", "run time (s)", "s / epoch", "peak RSS (MiB)", "seed"}
+# Short headers, so that the table fits an 80-column terminal; compare.md explains them under the table.
+RUN_COLUMNS = ("run", "status", "best val", "test", "best epoch", "time s", "s/epoch", "RSS MiB", "loss stability",
+               "seed", "differs from reference in")
+NUMBER_COLUMNS = {"best val", "test", "best epoch", "time s", "s/epoch", "RSS MiB", "seed"}
+COLUMN_LEGEND = ("best val: best_val_score; test: test_score (the best epoch's checkpoint); time s: the whole run; "
+                 "s/epoch: mean epoch time; RSS MiB: peak process memory; loss stability: lower is steadier, "
+                 "defined in `finetune_pipeline/stability.py`.")
 GROUP_COLUMNS = ("seed group", "runs", "seeds", "best val score mean ± std", "test score mean ± std", "vs reference")
 CSV_COLUMNS = ("run", "run_dir", "status", "best_val_score", "test_score", "best_epoch", "wall_time_s",
                "mean_epoch_time_s", "peak_rss_mb", "loss_stability", "loss_stability_flag", "seed",
@@ -543,7 +548,7 @@ def markdown_report(comparison: Comparison) -> str:
     lines += ["", "## Runs", "", *markdown_table(RUN_COLUMNS, run_cells(comparison.rows))]
     if has_seed_groups(comparison.groups):
         lines += ["", "## Seed groups", "", *markdown_table(GROUP_COLUMNS, group_cells(comparison.groups))]
-    lines += ["", "Loss stability (lower is steadier) is defined in `finetune_pipeline/stability.py`.", "",
+    lines += ["", COLUMN_LEGEND, "",
               "## Curves", "", f"![train loss and val score of every run]({PLOT_FILE})", ""]
     return "\n".join(lines)
 
@@ -580,7 +585,8 @@ def csv_report(comparison: Comparison) -> str:
 
 
 def print_comparison(comparison: Comparison) -> None:
-    console = Console()
+    # rich assumes 80 columns when the output is not a terminal (a file, CI): too narrow for the table
+    console = Console(width=None if sys.stdout.isatty() else PIPED_OUTPUT_WIDTH)
     # The differences are the longest cells: listed under the table, they leave it the console's width.
     cells = run_cells(comparison.rows)
     console.print(rich_table("runs (the first is the reference)", RUN_COLUMNS[:-1], [row[:-1] for row in cells]))
