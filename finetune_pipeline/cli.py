@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="a .csv, .tsv or .jsonl file with a text column, or .txt with one text per line")
     predict.add_argument("--output", help="with --input: the .csv or .jsonl file to write")
     predict.add_argument("--text-column", default=None, help="default: the run's data.text_column")
+    predict.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     return parser
 
 
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": lambda: sweep_command(args.sweep, args.seeds, args.overrides),
         "compare": lambda: compare_command(args.runs, args.last, args.artifacts_root, args.output_dir),
         "evaluate": lambda: evaluate_command(args.run_dir, args.data, args.text_column, args.label_column, args.name),
-        "predict": lambda: predict_command(args.run_dir, args.text, args.input, args.output, args.text_column),
+        "predict": lambda: predict_command(args.run_dir, args.text, args.input, args.output, args.text_column,
+                                           args.batch_size),
     }
     return run_command(commands[args.command])
 
@@ -133,7 +135,12 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool) -> No
     overrides = parse_overrides(assignments)
     config = load_config(config_path, overrides)
     if dry_run:
-        print(format_plan(plan_run(config)))
+        plan = plan_run(config)
+        print(format_plan(plan))
+        if not plan["fits_in_memory"]:
+            from finetune_pipeline.memory_check import out_of_memory
+
+            raise out_of_memory(config, "predicted by the dry run", "the heaviest step does not fit (see above)")
         return
     run_dir = run_training(config, origin={"config_file": config_path, "overrides": overrides})
     print(f"run folder: {run_dir}")
@@ -227,17 +234,17 @@ def evaluate_command(run_dir: str, data: str, text_column: str | None, label_col
 
 
 def predict_command(run_dir: str, texts: list[str] | None, input_file: str | None, output_file: str | None,
-                    text_column: str | None) -> None:
+                    text_column: str | None, batch_size: int) -> None:
     from finetune_pipeline.inference import predict_file, predict_texts
 
     if texts:
-        for prediction in predict_texts(Path(run_dir), texts):
+        for prediction in predict_texts(Path(run_dir), texts, batch_size):
             probabilities = ", ".join(f"{label} {p:.3f}" for label, p in prediction.probabilities.items())
             print(f"{prediction.label}\t({probabilities})\t{prediction.text}")
         return
     if not output_file:
         raise UserInputError("predict --input needs --output, the .csv or .jsonl file to write the predictions to")
-    count = predict_file(Path(run_dir), Path(input_file), Path(output_file), text_column)
+    count = predict_file(Path(run_dir), Path(input_file), Path(output_file), text_column, batch_size)
     print(f"labelled {count} texts: {output_file}")
 
 

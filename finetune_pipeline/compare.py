@@ -45,6 +45,9 @@ SEED_KEY = "seed"  # reported on its own: a seed change is noise, not a factor
 # Where the data lies and where results go are not factors; the data's content is checked by sha256.
 PATH_KEYS = {"data.train_file", "data.val_file", "data.test_file"}
 PATH_PREFIXES = ("output.",)
+# Keys that training never reads while the backbone is frozen: not factors where a frozen run is involved.
+FROZEN_BACKBONE_KEY = "training.freeze_backbone"
+IGNORED_WHEN_FROZEN = {"training.encoder_learning_rate", "training.gradient_checkpointing"}
 
 COMPLETED = "completed"
 REFERENCE = "reference"
@@ -262,12 +265,18 @@ def is_factor(key: str) -> bool:
 
 
 def factors_of(record: RunRecord) -> dict[str, Any] | None:
-    return None if record.config is None else {key: value for key, value in record.config.items() if is_factor(key)}
+    if record.config is None:
+        return None
+    frozen = record.config.get(FROZEN_BACKBONE_KEY) is True
+    return {key: value for key, value in record.config.items()
+            if is_factor(key) and not (frozen and key in IGNORED_WHEN_FROZEN)}
 
 
 def changed_values(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """key -> (reference value, other value) for every key whose values differ; a key one side lacks is None there."""
-    keys = dict.fromkeys([*reference, *other])  # both sides' keys, in config order
+    """key -> (reference value, other value) for every key whose values differ; a key one side lacks is None there.
+    A key that factors_of left out of one side (ignored by its frozen backbone) is no difference."""
+    keys = [key for key in dict.fromkeys([*reference, *other]) if key in reference and key in other
+            or key not in IGNORED_WHEN_FROZEN]  # both sides' keys, in config order
     return {key: (reference.get(key), other.get(key)) for key in keys if reference.get(key) != other.get(key)}
 
 
@@ -371,6 +380,9 @@ def find_warnings(records: list[RunRecord], rows: list[RunRow], groups: list[See
                              "another backbone changes the scores by itself; fine only as the one factor studied"),
         *provenance_warnings(rows, [record.metrics.get("code_version") for record in records], "code version",
                              "code_version", "the code changed between the runs, which can change results by itself"),
+        *provenance_warnings(rows, [hardware_identity(record) for record in records], "device or precision",
+                             "mixed_precision", "another device or precision changes speed, memory and the "
+                             "numbers themselves"),
     ]
 
 
@@ -407,6 +419,14 @@ def backbone_identity(record: RunRecord) -> dict[str, Any] | None:
     sha256 = record.metrics.get("backbone_sha256")
     return None if sha256 is None else {"model.backbone": (record.config or {}).get("model.backbone"),
                                         "backbone_sha256": sha256}
+
+
+def hardware_identity(record: RunRecord) -> dict[str, Any] | None:
+    """Where the run computed and in which precision it really ran (a CPU may run bf16 or fp32 for "fp16")."""
+    precision = record.metrics.get("mixed_precision")
+    if not isinstance(precision, dict):
+        return None
+    return {"device": record.metrics.get("device"), "precision used": precision.get("used")}
 
 
 def provenance_warnings(rows: list[RunRow], identities: list[dict[str, Any] | None], what: str, field: str,

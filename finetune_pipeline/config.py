@@ -212,6 +212,9 @@ def write_new_experiment(
     name = name.removesuffix(".json")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise UserInputError(f"new-experiment '{name}': use letters, digits, '_', '-' and '.' only, e.g. exp2_dropout")
+    if not Path(configs_dir).is_dir():
+        raise UserInputError(f"{configs_dir}: no such folder here ({Path.cwd()}); run new-experiment from the "
+                             "repository root")
     path = Path(configs_dir) / f"{name}.json"
     if path.exists():
         raise UserInputError(f"{path} exists already; choose another name (experiments are never overwritten)")

@@ -3,6 +3,7 @@
 import contextlib
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
@@ -80,8 +81,22 @@ def memory_reading(device: torch.device) -> tuple[str, float]:
     return "rss_mb", psutil.Process().memory_info().rss / 2**20
 
 
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_process_memory() -> None:
+    """Start the peak over (Linux only): runs that share a process, as a sweep's do, each get their own peak."""
+    with contextlib.suppress(OSError):
+        PROC_CLEAR_REFS.write_text("5")  # "5" resets the kernel's high-water mark of resident memory
+
+
 def peak_process_memory_mb() -> float:
-    """The process's peak resident memory since it started (the OS keeps this number)."""
+    """The process's peak resident memory since it started, or on Linux since the last reset."""
+    with contextlib.suppress(OSError):
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):  # "VmHWM:   812345 kB", the resettable high-water mark
+                return int(line.split()[1]) / 2**10
     info = psutil.Process().memory_info()
     if hasattr(info, "peak_wset"):  # Windows
         return info.peak_wset / 2**20

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from finetune_pipeline.artifacts import load_checkpoint, save_torch
 from finetune_pipeline.batching import TokenizedSplit, evaluation_batches
@@ -58,7 +59,8 @@ def extract_features(
     """Pooled backbone features for every text, (examples, hidden), in the split's order."""
     model.eval()
     features = torch.empty(len(split), model.backbone.config.hidden_size)
-    for indices in evaluation_batches(split.lengths, batch_size):  # longest first: out-of-memory shows at once
+    batches = evaluation_batches(split.lengths, batch_size)  # longest first: out-of-memory shows at once
+    for indices in tqdm(batches, desc="backbone features", unit="batch", leave=False, disable=None):
         batch = split.batch(indices).to(device)
         with autocast(device, precision):
             pooled = model.features(batch.input_ids, batch.attention_mask)  # (batch, hidden)

@@ -53,6 +53,9 @@ def advice(config: Config) -> str:
         f"training.batch_size={training.batch_size}: halve it and double training.gradient_accumulation_steps "
         f"(now {training.gradient_accumulation_steps}) to keep the effective batch of {config.effective_batch_size()}",
     ]
+    if training.freeze_backbone and training.cache_features:
+        lines.append(f"training.eval_batch_size={training.eval_batch_size}: the features are extracted in "
+                     "batches of this size; halve it")
     if not training.freeze_backbone:
         lines.append("training.freeze_backbone=true: no backbone gradients or optimizer state at all")
         if not training.gradient_checkpointing:

@@ -19,7 +19,13 @@ from finetune_pipeline import artifacts
 from finetune_pipeline.batching import TokenizedSplit, length_statistics, tokenize_split
 from finetune_pipeline.config import Config
 from finetune_pipeline.data import Splits, load_splits
-from finetune_pipeline.device import Precision, peak_process_memory_mb, resolve_device, resolve_precision
+from finetune_pipeline.device import (
+    Precision,
+    peak_process_memory_mb,
+    reset_peak_process_memory,
+    resolve_device,
+    resolve_precision,
+)
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.evaluation import evaluate
 from finetune_pipeline.feature_cache import FeatureSplit, cache_key, extract_features, load_or_compute
@@ -116,6 +122,7 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
     in metrics.json as it is.
     """
     started = time.perf_counter()
+    reset_peak_process_memory()
     prepared = prepare_run(config)
     model, device, precision, splits = prepared.model, prepared.device, prepared.precision, prepared.splits
 

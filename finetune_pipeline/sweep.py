@@ -56,10 +56,11 @@ class Sweep:
 
 
 def resolve_sweep_file(name_or_path: str) -> Path:
-    """'C' -> the shipped preset; anything else is a path to a sweep file."""
-    preset = PRESETS_DIR / f"{name_or_path.upper()}.json"
-    if len(name_or_path) == 1 and preset.is_file():
-        return preset
+    """'C' (or 'c') -> the shipped preset C.json; anything else is a sweep file's path or a preset's name."""
+    for name in (name_or_path.upper(), name_or_path):
+        preset = PRESETS_DIR / f"{name}.json"
+        if "/" not in name and preset.is_file():
+            return preset
     path = Path(name_or_path)
     if not path.is_file():
         presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.json")))

@@ -145,6 +145,7 @@ def train_model(
             # Once NaN or inf, the window's sum stays so: one check per optimizer step finds the first bad
             # step before its update reaches the weights (the best checkpoint so far stays usable).
             if not torch.isfinite(window_loss_sum):
+                log_event("step", epoch=epoch, step=step + 1, loss=window_loss_sum.item() / window_examples)
                 raise diverged(training, epoch, step + 1, precision)
             # The optimizer step, in the order that keeps fp16 correct:
             # unscale -> clip -> step -> update the scale -> zero the gradients -> next learning rate.

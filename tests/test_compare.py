@@ -87,7 +87,9 @@ def write_run(folder: Path, *, seed: int = 42, config: dict[str, Any] | None = N
         "status": status, "metric": "accuracy", "best_val_score": best_val, "best_epoch": 2, "test_score": test,
         "wall_time_s": 12.5, "epoch_times_s": [5.0, 6.0], "peak_memory_mb": {"process_rss": 700.0}, "seed": seed,
         "data_files": {split: {"path": f"data/{split}.csv", "sha256": sha} for split, sha in DATA_SHA.items()},
-        "backbone_sha256": BACKBONE_SHA, "code_version": CODE_VERSION, **metrics_overrides,
+        "backbone_sha256": BACKBONE_SHA, "code_version": CODE_VERSION, "device": "cpu",
+        "mixed_precision": {"requested": "fp16", "used": "bf16", "reason": "fp16 autocast on CPU is slow"},
+        **metrics_overrides,
     }
     (folder / "config.json").write_text(json.dumps(deep_merge(base_config, config or {})))
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -151,15 +153,41 @@ def test_another_backbone_and_another_code_version_are_warnings(tmp_path):
                                   "git_commit: 1234567 → 7654321")
 
 
+def test_keys_a_frozen_backbone_ignores_are_not_factors(tmp_path):
+    frozen = {"training": {"freeze_backbone": True, "encoder_learning_rate": 2e-5}}
+    reference = write_run(tmp_path / "base", config=frozen)
+    same = write_run(tmp_path / "same", config={"training": {"freeze_backbone": True, "encoder_learning_rate": 1e-3,
+                                                             "gradient_checkpointing": True}})
+    trained = write_run(tmp_path / "trained", config={"training": {"freeze_backbone": False,
+                                                                   "encoder_learning_rate": 1e-5}})
+    comparison = compare(tmp_path, reference, same, trained)
+    assert [row.differences for row in comparison.rows[1:]] == [{}, {"training.freeze_backbone": (True, False)}]
+    assert comparison.warnings == []
+    # while the backbone trains, its learning rate is a factor like any other
+    both_trained = [write_run(tmp_path / name, config={"training": {"freeze_backbone": False,
+                                                                   "encoder_learning_rate": lr}})
+                    for name, lr in (("lr1", 1e-5), ("lr2", 2e-5))]
+    assert compare(tmp_path, *both_trained).rows[1].differences == {"training.encoder_learning_rate": (1e-5, 2e-5)}
+
+
+def test_another_precision_actually_used_is_a_warning(tmp_path):
+    reference = write_run(tmp_path / "base")
+    fp32 = write_run(tmp_path / "fp32", mixed_precision={"requested": "fp16", "used": "no", "reason": "no bf16"})
+    [warning] = compare(tmp_path, reference, fp32).warnings
+    assert warning.startswith("device or precision differs: run fp32 vs the reference base: "
+                              "precision used: bf16 → no")
+
+
 def test_runs_without_provenance_say_once_that_it_could_not_be_checked(tmp_path):
     reference = write_run(tmp_path / "base")
-    old = [write_run(tmp_path / name, data_files=None, backbone_sha256=None, code_version=None)
+    old = [write_run(tmp_path / name, data_files=None, backbone_sha256=None, code_version=None, mixed_precision=None)
            for name in ("old1", "old2")]
     warnings = compare(tmp_path, reference, *old).warnings
     assert warnings == [
         f"{what} could not be checked for run(s) old1, old2: their metrics.json has no {field} "
         "(an older run, or one that stopped early)"
-        for what, field in [("data", "data_files"), ("backbone", "backbone_sha256"), ("code version", "code_version")]
+        for what, field in [("data", "data_files"), ("backbone", "backbone_sha256"), ("code version", "code_version"),
+                            ("device or precision", "mixed_precision")]
     ]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch.nn.functional
 
-from finetune_pipeline import artifacts, cli, training
+from finetune_pipeline import artifacts, cli, run_log, training
 from finetune_pipeline.config import (
     Config,
     load_config,
@@ -206,3 +206,12 @@ def test_a_nan_loss_stops_the_run_naming_the_step(make_config, monkeypatch, caps
     run_dir = next(Path(config.output.artifacts_root).iterdir())
     metrics = json.loads((run_dir / artifacts.METRICS_FILE).read_text())
     assert metrics["status"] == "failed" and "NaN" in metrics["error"]
+    # the bad step is in train.log, so that compare and curves.png show the divergence
+    last_step = run_log.read_events(run_dir / artifacts.TRAIN_LOG_FILE, "step")[-1]
+    assert last_step["step"] == "3" and last_step["loss"] == "nan"
+
+
+def test_new_experiment_outside_the_repository_root_says_where_to_run_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["new-experiment", "exp2", "--from", str(DEFAULT_CONFIG), "--set", "model.dropout=0.2"]) == 2
+    assert "run new-experiment from the repository root" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_pipeline import artifacts, cli, memory_check
+from finetune_pipeline import artifacts, cli, device, memory_check
 from finetune_pipeline.batching import TokenBatch
 from finetune_pipeline.errors import EXIT_OUT_OF_MEMORY, OutOfMemory
 from finetune_pipeline.run import prepare_run, run_training
@@ -96,6 +96,27 @@ def test_dry_run_prints_the_plan_and_writes_nothing(make_config, tmp_path):
     assert "preflight" in out and "fits" in out
     assert not Path(config.output.artifacts_root).exists()
     assert not Path(config.output.cache_dir).exists()
+
+
+def test_a_dry_run_that_does_not_fit_exits_3_with_the_knobs(make_config, monkeypatch, capsys):
+    monkeypatch.setattr(memory_check, "peak_process_memory_mb", lambda: 2.0**20)
+    config = make_config()
+    monkeypatch.setattr("finetune_pipeline.config.load_config", lambda path, overrides=None: config)
+    assert cli.main(["train", "--dry-run"]) == EXIT_OUT_OF_MEMORY
+    captured = capsys.readouterr()
+    assert "DOES NOT FIT" in captured.out
+    assert "predicted by the dry run" in captured.err and "training.eval_batch_size" in captured.err
+    assert not Path(config.output.artifacts_root).exists()
+
+
+def test_peak_memory_starts_over_for_each_run_in_one_process():
+    if not device.PROC_CLEAR_REFS.exists():
+        pytest.skip("resetting the peak needs Linux's /proc/self/clear_refs")
+    block = torch.ones(300 * 2**20 // 4)  # 300 MiB, touched
+    del block
+    before_reset = device.peak_process_memory_mb()
+    device.reset_peak_process_memory()
+    assert device.peak_process_memory_mb() < before_reset - 200
 
 
 def test_gradient_checkpointing_trades_compute_not_results(make_config):
