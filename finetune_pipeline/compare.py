@@ -68,7 +68,7 @@ NUMBER_COLUMNS = {"best val", "test", "best epoch", "time s", "s/epoch", "RSS Mi
 COLUMN_LEGEND = ("best val: best_val_score; test: test_score (the best epoch's checkpoint); time s: the whole run; "
                  "s/epoch: mean epoch time; RSS MiB: peak process memory; loss stability: lower is steadier, "
                  "defined in `finetune_pipeline/stability.py`.")
-GROUP_COLUMNS = ("seed group", "runs", "seeds", "best val score mean ± std", "test score mean ± std", "vs reference")
+GROUP_COLUMNS = ("seed group", "runs", "seeds", "best val mean ± std", "test mean ± std", "vs reference")
 CSV_COLUMNS = ("run", "run_dir", "status", "best_val_score", "test_score", "best_epoch", "wall_time_s",
                "mean_epoch_time_s", "peak_rss_mb", "loss_stability", "loss_stability_flag", "seed",
                "differs_from_reference", "seed_group", "group_seeds", "group_best_val_mean", "group_best_val_std",
@@ -519,7 +519,8 @@ def run_cells(rows: list[RunRow]) -> list[list[str]]:
 
 
 def group_cells(groups: list[SeedGroup]) -> list[list[str]]:
-    return [[group.name, run_labels(group), format_seeds(group.seeds), format_spread(group.best_val),
+    # the number of runs, not their labels: a group's runs are the rows above that share its config
+    return [[group.name, str(len(group.rows)), format_seeds(group.seeds), format_spread(group.best_val),
              format_spread(group.test), group.vs_reference] for group in groups]
 
 
