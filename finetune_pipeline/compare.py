@@ -147,7 +147,7 @@ def resolve_run_dirs(targets: list[str], last: int | None, artifacts_root: Path)
         found += newest_runs(Path(artifacts_root), last)
     if not found:
         raise UserInputError("nothing to compare: give run folders, a sweep folder, a glob pattern in quotes "
-                             "(e.g. 'finetune_pipeline/artifacts/2026*') or --last N")
+                             "(e.g. 'finetune_pipeline/artifacts/2*') or --last N")
     unique: dict[Path, Path] = {}
     for run_dir in found:
         unique.setdefault(run_dir.resolve(), run_dir)  # the same folder given twice, or by two names
