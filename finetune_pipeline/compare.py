@@ -372,7 +372,7 @@ def find_warnings(records: list[RunRecord], rows: list[RunRow], groups: list[See
           for record, row in zip(records, rows, strict=True) for problem in record.problems),
         *(f"run {row.label} is {row.status}, not {COMPLETED}: its scores are partial or missing"
           for row in rows if row.status != COMPLETED),
-        *factor_warnings(rows),
+        *factor_warnings(groups),
         *seed_warnings(groups),
         *provenance_warnings(rows, [data_identity(record) for record in records], "data", "data_files",
                              "scores on different data are not comparable"),
@@ -386,13 +386,18 @@ def find_warnings(records: list[RunRecord], rows: list[RunRow], groups: list[See
     ]
 
 
-def factor_warnings(rows: list[RunRow]) -> list[str]:
-    reference = rows[0]
-    return [
-        f"run {row.label} differs from the reference {reference.label} in {len(row.differences)} factors: "
-        f"{describe_changes(row.differences)} — the comparison does not isolate one effect"
-        for row in rows[1:] if row.differences is not None and len(row.differences) > 1
-    ]
+def factor_warnings(groups: list[SeedGroup]) -> list[str]:
+    """One warning per config (the runs of a seed group share their differences), not one per seed."""
+    reference = groups[0].rows[0]
+    warnings = []
+    for group in groups[1:]:
+        differences = group.rows[0].differences
+        if differences is not None and len(differences) > 1:
+            runs = f"run {group.rows[0].label}" if len(group.rows) == 1 else f"runs {run_labels(group)}"
+            warnings.append(f"{runs} differ{'s' if len(group.rows) == 1 else ''} from the reference "
+                            f"{reference.label} in {len(differences)} factors: {describe_changes(differences)} — "
+                            "the comparison does not isolate one effect")
+    return warnings
 
 
 def seed_warnings(groups: list[SeedGroup]) -> list[str]:

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -19,6 +20,10 @@ from finetune_pipeline.run_log import read_events
 
 DEFAULT_METRIC_NAME = "score"
 NO_DATA_TEXT = "no data yet"
+TEN_COLORS = [f"C{index}" for index in range(10)]  # matplotlib's default cycle
+MAX_LEGEND_COLUMNS = 3
+LEGEND_ROWS_PER_COLUMN = 8
+LEGEND_ROW_INCHES = 0.2
 
 
 @dataclass
@@ -67,8 +72,8 @@ def plot_run_curves(curves: RunCurves, path: Path) -> None:
     loss_axes, score_axes, lr_axes = figure.subplots(1, 3)
     figure.suptitle(curves.label)
 
-    draw_loss(loss_axes, [curves])
-    draw_val_score(score_axes, [curves], curves.metric)
+    draw_loss(loss_axes, [curves], TEN_COLORS[:1])
+    draw_val_score(score_axes, [curves], curves.metric, TEN_COLORS[:1])
 
     set_labels(lr_axes, "learning rate", "optimizer step", "learning rate")
     if curves.steps:
@@ -83,36 +88,48 @@ def plot_run_curves(curves: RunCurves, path: Path) -> None:
 
 
 def plot_overlay(curves: list[RunCurves], path: Path) -> None:
-    """Several runs on the same axes: train loss per logged step and val score per epoch, one line each."""
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    """Several runs on the same axes: train loss per logged step and val score per epoch, one line each,
+    one color per run in both panels, and one legend below them (a sweep can have dozens of runs)."""
+    columns = min(MAX_LEGEND_COLUMNS, math.ceil(len(curves) / LEGEND_ROWS_PER_COLUMN)) or 1
+    legend_rows = math.ceil(len(curves) / columns)
+    figure = Figure(figsize=(12, 4.5 + LEGEND_ROW_INCHES * legend_rows), layout="constrained")
     loss_axes, score_axes = figure.subplots(1, 2)
     metrics = {run.metric for run in curves}
-    draw_loss(loss_axes, curves)
-    draw_val_score(score_axes, curves, metrics.pop() if len(metrics) == 1 else DEFAULT_METRIC_NAME)
-    for axes in (loss_axes, score_axes):
-        if axes.has_data():
-            axes.legend()
+    colors = run_colors(len(curves))
+    draw_loss(loss_axes, curves, colors)
+    draw_val_score(score_axes, curves, metrics.pop() if len(metrics) == 1 else DEFAULT_METRIC_NAME, colors)
+    handles = {label: handle for axes in (loss_axes, score_axes)
+               for handle, label in zip(*axes.get_legend_handles_labels(), strict=True)}
+    if handles:
+        figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=columns, fontsize="small")
     save_png(figure, path)
 
 
-def draw_loss(axes: Axes, runs: list[RunCurves]) -> None:
+def run_colors(count: int) -> list:
+    """Distinct colors: matplotlib's ten for up to ten runs, evenly spaced along a colormap beyond that."""
+    if count <= len(TEN_COLORS):
+        return TEN_COLORS[:count]
+    return [colormaps["turbo"](index / (count - 1)) for index in range(count)]
+
+
+def draw_loss(axes: Axes, runs: list[RunCurves], colors: list) -> None:
     """One line per run; nan/inf losses (a diverged run) are left out and counted in the title."""
     non_finite = 0
-    for run in runs:
+    for run, color in zip(runs, colors, strict=True):
         points = [(step, loss) for step, loss in zip(run.steps, run.losses, strict=True) if math.isfinite(loss)]
         non_finite += len(run.losses) - len(points)
-        if points:
-            axes.plot(*zip(*points, strict=True), marker=".", label=run.label)  # a marker shows a lone point
+        if points:  # a marker shows a lone point
+            axes.plot(*zip(*points, strict=True), marker=".", label=run.label, color=color)
     title = "train loss" + (f" ({non_finite} nan/inf values not shown)" if non_finite else "")
     set_labels(axes, title, "optimizer step", "loss per example")
     if not axes.has_data():
         show_no_data(axes)
 
 
-def draw_val_score(axes: Axes, runs: list[RunCurves], metric: str) -> None:
-    for run in runs:
+def draw_val_score(axes: Axes, runs: list[RunCurves], metric: str, colors: list) -> None:
+    for run, color in zip(runs, colors, strict=True):
         if run.epochs:
-            axes.plot(run.epochs, run.val_scores, marker="o", label=run.label)
+            axes.plot(run.epochs, run.val_scores, marker="o", label=run.label, color=color)
     set_labels(axes, f"val {metric}", "epoch", metric)
     if not axes.has_data():
         show_no_data(axes)

@@ -341,3 +341,11 @@ def test_a_sweep_whose_run_folder_is_gone_is_an_error(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps({"members": [{"name": "a", "run_dir": str(tmp_path / "gone")}]}))
     with pytest.raises(UserInputError, match="member 'a' has no run folder"):
         resolve_run_dirs([str(tmp_path)], None, tmp_path)
+
+
+def test_a_config_run_with_several_seeds_gets_one_factor_warning_not_one_per_seed(tmp_path):
+    reference = seed_group_runs(tmp_path, "ref", 16, [0.80, 0.81, 0.79])
+    both = [write_run(tmp_path / f"both-{seed}", seed=seed, config={"model": {"hidden_dim": 32, "dropout": 0.2}})
+            for seed in (42, 43, 44)]
+    [warning] = compare(tmp_path, *reference, *both).warnings
+    assert warning.startswith("runs both-42, both-43, both-44 differ from the reference ref-42 in 2 factors")
