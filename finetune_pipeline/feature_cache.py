@@ -36,7 +36,13 @@ class FeatureBatch:
         return FeatureBatch(self.features.to(device), self.labels.to(device))
 
     def logits(self, model: TextClassifier) -> torch.Tensor:
-        return model.head(self.features)  # the backbone already ran, once, when the features were made
+        """The head alone: the backbone already ran, once, when the features were made.
+
+        In float32 whatever the run's precision: the cached features are float32, and autocast would only
+        add casts around the head's two small matmuls (they cost more than the matmuls themselves).
+        """
+        with torch.autocast(self.features.device.type, enabled=False):
+            return model.head(self.features)
 
 
 @dataclass
@@ -49,7 +55,9 @@ class FeatureSplit:
         return len(self.labels)
 
     def batch(self, indices: list[int]) -> FeatureBatch:
-        return FeatureBatch(self.features[indices], self.labels[indices])
+        # one index tensor for both lookups: indexing with a Python list converts it on every call
+        rows = torch.tensor(indices)
+        return FeatureBatch(self.features.index_select(0, rows), self.labels.index_select(0, rows))
 
 
 @torch.inference_mode()

@@ -75,6 +75,19 @@ def current_lr(optimizer: torch.optim.Optimizer, group_name: str) -> float:
     return next((group["lr"] for group in optimizer.param_groups if group["name"] == group_name), 0.0)
 
 
+def micro_batching(train: TokenizedSplit | FeatureSplit, training: TrainingConfig) -> tuple[int, int]:
+    """(examples per forward pass, forward passes per optimizer step).
+
+    Gradient accumulation exists to save memory. On cached features a micro-batch is a few kilobytes,
+    so each optimizer step runs as one fused batch of its examples instead: the same examples (batches
+    are dealt per optimizer step, see training_batches) and the same loss normalisation, in one pass
+    instead of gradient_accumulation_steps small ones.
+    """
+    if isinstance(train, FeatureSplit):
+        return training.batch_size * training.gradient_accumulation_steps, 1
+    return training.batch_size, training.gradient_accumulation_steps
+
+
 def optimizer_steps_per_epoch(num_examples: int, training: TrainingConfig) -> int:
     micro_batches = math.ceil(num_examples / training.batch_size)
     return math.ceil(micro_batches / training.gradient_accumulation_steps)
@@ -93,7 +106,10 @@ def train_model(
 ) -> TrainingOutcome:
     """Train for config.training.epochs; on_new_best(epoch, step) saves the best model so far."""
     training = config.training
-    accumulation = training.gradient_accumulation_steps
+    micro_batch_size, accumulation = micro_batching(train, training)
+    if accumulation != training.gradient_accumulation_steps:
+        log_event("fused_micro_batches", examples_per_pass=micro_batch_size,
+                  reason="cached features: a whole optimizer step fits in one pass, so accumulation saves nothing")
     steps_per_epoch = optimizer_steps_per_epoch(len(train), training)
     total_steps = steps_per_epoch * training.epochs
 
@@ -114,7 +130,7 @@ def train_model(
     for epoch in tqdm(range(1, training.epochs + 1), desc="epochs", unit="epoch", disable=None):
         model.train()
         epoch_start = time.perf_counter()
-        batches = training_batches(train.lengths, training.batch_size, accumulation, config.seed, epoch,
+        batches = training_batches(train.lengths, micro_batch_size, accumulation, config.seed, epoch,
                                    training.group_by_length)
         epoch_loss_sum, epoch_examples = 0.0, 0
         window_loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
