@@ -5,6 +5,7 @@ Two ideas save most of the compute on a weak machine:
 - grouping by length: texts of similar length share a batch, so there is little padding at all.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ PAD_TO_MULTIPLE_OF = 8
 # Length grouping sorts within groups of this many optimizer steps, then shuffles the steps: batches
 # of similar lengths, in a random order.
 STEPS_PER_LENGTH_GROUP = 50
+
+SPLITS_REMEMBERED = 6  # two sets of train/val/test: a sweep that alternates two max_lengths still hits
 
 
 @dataclass
@@ -72,18 +75,34 @@ def tokenize_split(
     examples: list[Example], label_names: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> TokenizedSplit:
     label_ids = {name: index for index, name in enumerate(label_names)}
-    texts = [example.text for example in examples]
-    # ids only: masks are built per batch, after padding
-    ids_only = {"return_attention_mask": False, "return_token_type_ids": False}
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, **ids_only)
-    # verbose=False: counting long texts is the point here, the "longer than the maximum" warning is not
-    untruncated = tokenizer(texts, truncation=False, verbose=False, **ids_only)
+    texts = tuple(example.text for example in examples)
+    input_ids, untruncated_lengths = encode_texts(tokenizer, texts, max_length)
     return TokenizedSplit(
-        input_ids=encoded["input_ids"],
+        input_ids=input_ids,
         labels=[label_ids[example.label] for example in examples],
         pad_token_id=tokenizer.pad_token_id,
-        untruncated_lengths=[len(ids) for ids in untruncated["input_ids"]],
+        untruncated_lengths=untruncated_lengths,
     )
+
+
+# A sweep's members tokenize the same texts with the same tokenizer: the second member on gets them here.
+# The cache holds the tokenizer object itself, so a key can never match another tokenizer's results.
+@functools.lru_cache(maxsize=SPLITS_REMEMBERED)
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: tuple[str, ...], max_length: int
+) -> tuple[list[list[int]], list[int]]:
+    """(token ids truncated to max_length, token counts before truncation); callers must not modify them."""
+    ids_only = {"return_attention_mask": False, "return_token_type_ids": False}  # masks come with padding
+    input_ids = tokenizer(list(texts), truncation=True, max_length=max_length, **ids_only)["input_ids"]
+    lengths = [len(ids) for ids in input_ids]
+    # Only a text that fills max_length can have been cut: tokenize just those again, untruncated, to count.
+    # verbose=False: counting long texts is the point here, the "longer than the maximum" warning is not.
+    full = [index for index, length in enumerate(lengths) if length == max_length]
+    if full:
+        untruncated = tokenizer([texts[index] for index in full], truncation=False, verbose=False, **ids_only)
+        for index, ids in zip(full, untruncated["input_ids"], strict=True):
+            lengths[index] = len(ids)
+    return input_ids, lengths
 
 
 def length_statistics(split: TokenizedSplit, max_length: int) -> dict[str, float]:

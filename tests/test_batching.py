@@ -109,3 +109,21 @@ def test_evaluation_batches_cover_every_index_longest_first():
     assert sorted(flat(batches)) == list(range(len(lengths)))
     assert [lengths[i] for i in flat(batches)] == sorted(lengths, reverse=True)
     assert [len(b) for b in batches] == [4, 4, 3]
+
+
+def test_tokenize_counts_the_tokens_a_long_text_loses_and_remembers_a_split(tiny_backbone_dir):
+    from transformers import AutoTokenizer
+
+    from finetune_pipeline.batching import tokenize_split
+    from finetune_pipeline.data import Example
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
+    examples = [Example("good movie", "pos", 2), Example(" ".join(["bad"] * 20), "neg", 3)]
+    split = tokenize_split(examples, ["neg", "pos"], tokenizer, max_length=8)
+    assert [len(ids) for ids in split.input_ids] == [4, 8]  # [CLS] good movie [SEP]; cut to 8 with its [SEP]
+    assert split.untruncated_lengths == [4, 22]  # 20 words and the two special tokens
+    assert split.labels == [1, 0]
+    # a sweep's next member tokenizes the same texts again: the ids come from memory, unchanged
+    again = tokenize_split([Example(e.text, e.label, e.line) for e in examples], ["neg", "pos"], tokenizer, 8)
+    assert again.input_ids is split.input_ids
+    assert tokenize_split(examples, ["neg", "pos"], tokenizer, 16).input_ids is not split.input_ids
