@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "  finetune new-experiment exp3 --from finetune_pipeline/configs/exp2.json "
                   "--set training.learning_rate=0.0005")
     new.add_argument("name", help=f"the new config is written to {CONFIGS_DIR}/NAME.json")
-    new.add_argument("--from", dest="source", default=DEFAULT_CONFIG, help=f"the config to start from (default: {DEFAULT_CONFIG})")
+    new.add_argument("--from", dest="source", default=DEFAULT_CONFIG,
+                     help=f"the config to start from (default: {DEFAULT_CONFIG})")
     add_set_argument(new)
 
     sweep = command("sweep", "run an experiment's members one after another, then compare them",
@@ -49,11 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "  finetune sweep D --set training.epochs=1\n"
                     "  finetune sweep my_sweep.json")
     sweep.add_argument("sweep", help="a preset (A, B, C, D: finetune_pipeline/configs/experiments/) or a sweep file")
-    sweep.add_argument("--seeds", type=parse_seeds, default=None, help="comma-separated seeds, each member runs with each")
+    sweep.add_argument("--seeds", type=parse_seeds, default=None,
+                       help="comma-separated seeds, each member runs with each")
     add_set_argument(sweep)
 
-    compare = command("compare", "compare runs: scores, time, memory, loss stability, and whether the comparison is fair",
-                      "  finetune compare finetune_pipeline/artifacts/20261126-101500 finetune_pipeline/artifacts/20261126-102000\n"
+    compare = command("compare",
+                      "compare runs: scores, time, memory, loss stability, and whether the comparison is fair",
+                      "  finetune compare finetune_pipeline/artifacts/20261126-101500 "
+                      "finetune_pipeline/artifacts/20261126-102000\n"
                       "  finetune compare finetune_pipeline/artifacts/sweeps/20261126-110000-C\n"
                       "  finetune compare 'finetune_pipeline/artifacts/20261126-*'\n"
                       "  finetune compare --last 3")
@@ -70,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="a labelled .csv, .tsv or .jsonl file")
     evaluate.add_argument("--text-column", default=None, help="default: the run's data.text_column")
     evaluate.add_argument("--label-column", default=None, help="default: the run's data.label_column")
-    evaluate.add_argument("--name", default=None, help="the result goes to RUN_DIR/evaluations/NAME.json (default: the file's name)")
+    evaluate.add_argument("--name", default=None,
+                          help="the result goes to RUN_DIR/evaluations/NAME.json (default: the file's name)")
 
     predict = command("predict", "label new texts with a trained run",
                       "  finetune predict finetune_pipeline/artifacts/20261126-101500 --text \"A warm, funny film.\"\n"
@@ -79,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", help="a run folder")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="a text to label (repeatable)")
-    source.add_argument("--input", help="a .csv, .tsv or .jsonl file with a text column, or .txt with one text per line")
+    source.add_argument("--input",
+                        help="a .csv, .tsv or .jsonl file with a text column, or .txt with one text per line")
     predict.add_argument("--output", help="with --input: the .csv or .jsonl file to write")
     predict.add_argument("--text-column", default=None, help="default: the run's data.text_column")
     predict.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
@@ -225,11 +231,13 @@ def compare_command(targets: list[str], last: int | None, artifacts_root: str, o
     print_comparison(comparison)
 
 
-def evaluate_command(run_dir: str, data: str, text_column: str | None, label_column: str | None, name: str | None) -> None:
+def evaluate_command(run_dir: str, data: str, text_column: str | None, label_column: str | None,
+                     name: str | None) -> None:
     from finetune_pipeline.inference import evaluate_file
 
     metrics, path = evaluate_file(Path(run_dir), Path(data), text_column, label_column, name)
-    print(f"{data}: {metrics['examples']} examples; accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    print(f"{data}: {metrics['examples']} examples; accuracy {metrics['accuracy']:.4f}, "
+          f"macro-F1 {metrics['macro_f1']:.4f}")
     print(f"written to {path}")
 
 

@@ -30,8 +30,12 @@ def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
 def parse_line(line: str) -> dict[str, str]:
     """'2026-11-24 11:40:02 event=step loss=0.69' -> {'time': '2026-11-24 11:40:02', 'event': 'step', 'loss': '0.69'}."""
     date, time, rest = line.rstrip("\n").split(" ", 2)
-    fields = dict(token.split("=", 1) for token in shlex.split(rest))
-    return {"time": f"{date} {time}", **fields}
+    return {"time": f"{date} {time}", **parse_fields(rest)}
+
+
+def parse_fields(message: str) -> dict[str, str]:
+    """'event=step loss=0.69' -> {'event': 'step', 'loss': '0.69'}: the part of a line after its time."""
+    return dict(token.split("=", 1) for token in shlex.split(message))
 
 
 def read_events(path: str | Path, event: str | None = None) -> list[dict[str, str]]:

@@ -8,11 +8,11 @@ returns None and the run goes on with train.log alone.
 
 import logging
 import math
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_pipeline.config import flatten
+from finetune_pipeline.run_log import parse_fields
 
 if TYPE_CHECKING:  # only for the type hints: the import itself may fail at run time
     from torch.utils.tensorboard import SummaryWriter
@@ -40,7 +40,7 @@ class TensorBoardHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            fields = parse_fields(record.getMessage())
+            fields = parse_fields(record.getMessage())  # every message is a train.log line without its time
             if fields.get("event") not in SCALARS:
                 return
             step_field, tags = SCALARS[fields["event"]]
@@ -76,15 +76,6 @@ def open_tensorboard(run_dir: Path) -> TensorBoardHandler | None:
     except ImportError:
         return None
     return TensorBoardHandler(SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), flush_secs=FLUSH_SECONDS))
-
-
-def parse_fields(message: str) -> dict[str, str]:
-    """'event=step loss=0.69' -> {'event': 'step', 'loss': '0.69'}: a train.log line without its time."""
-    try:
-        tokens = shlex.split(message)
-    except ValueError:  # an unbalanced quote: not a key=value line
-        return {}
-    return dict(token.split("=", 1) for token in tokens if "=" in token)
 
 
 def as_finite_number(value: Any) -> float | None:
