@@ -9,6 +9,7 @@ learning rate, epochs, batch size, ...) finds them there and skips the backbone 
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,11 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from finetune_pipeline.artifacts import load_checkpoint, save_torch
-from finetune_pipeline.batching import TokenizedSplit, evaluation_batches
+from finetune_pipeline.batching import TokenizedSplit, concatenate, evaluation_batches
 from finetune_pipeline.device import Precision, autocast
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.freeze_proof import tensor_sha256
 from finetune_pipeline.model import TextClassifier
+from finetune_pipeline.run_log import log_event
 
 CACHE_FORMAT_VERSION = 1
 
@@ -102,29 +104,47 @@ def cache_key(
 
 
 def load_or_compute(
-    cache_dir: Path, key: dict[str, Any], compute: Callable[[], torch.Tensor]
-) -> tuple[torch.Tensor, str, Path]:
-    """The features for this key, from the cache when a valid entry exists; returns (features, status, path).
+    cache_dir: Path, keys: dict[str, dict[str, Any]], splits: dict[str, TokenizedSplit],
+    extract: Callable[[TokenizedSplit], torch.Tensor],
+) -> dict[str, tuple[torch.Tensor, str, Path]]:
+    """Each split's features, from the cache where a valid entry exists: {split: (features, status, path)}.
 
-    status is "hit", "miss", or "rebuilt: <why>" when an entry was there but unusable (corrupt,
-    truncated, or made for other inputs): a cache entry is never trusted without checking.
+    The splits the cache lacks are extracted together, in one pass over the backbone: their texts are
+    sorted by length across splits, so there are fewer, fuller batches than split by split. status is
+    "hit", "miss", or "rebuilt: <why>" when an entry was there but unusable (corrupt, truncated, or made
+    for other inputs): a cache entry is never trusted without checking.
     """
+    found = {name: lookup(cache_dir, key) for name, key in keys.items()}
+    missing = [name for name, (features, _, _) in found.items() if features is None]
+    if missing:
+        started = time.perf_counter()
+        extracted = extract(concatenate([splits[name] for name in missing]))
+        log_event("feature_extraction", splits=",".join(missing), examples=len(extracted),
+                  seconds=time.perf_counter() - started)
+        for name, features in zip(missing, extracted.split([len(splits[name]) for name in missing]), strict=True):
+            _, status, path = found[name]
+            store(cache_dir, path, keys[name], features.clone())  # clone: a view would save the whole tensor
+            found[name] = (features, status, path)
+    return found
+
+
+def lookup(cache_dir: Path, key: dict[str, Any]) -> tuple[torch.Tensor | None, str, Path]:
+    """(features or None, "hit" | "miss" | "rebuilt: <why>", the entry's path)."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     path = cache_dir / f"features-{digest[:32]}.pt"
-    status = "miss"
-    if path.exists():
-        features, problem = read_entry(path, key)
-        if features is not None:
-            return features, "hit", path
-        status = f"rebuilt: {problem}"
-    features = compute()
+    if not path.exists():
+        return None, "miss", path
+    features, problem = read_entry(path, key)
+    return (features, "hit", path) if features is not None else (None, f"rebuilt: {problem}", path)
+
+
+def store(cache_dir: Path, path: Path, key: dict[str, Any], features: torch.Tensor) -> None:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         save_torch(path, {"key": key, "features": features, "features_sha256": tensor_sha256(features)})
     except OSError as err:
         raise UserInputError(f"output.cache_dir '{cache_dir}': cannot write the feature cache ({err.strerror}); "
                              "fix the folder or set training.cache_features to false") from None
-    return features, status, path
 
 
 def read_entry(path: Path, key: dict[str, Any]) -> tuple[torch.Tensor | None, str]:

@@ -229,18 +229,16 @@ def write_summaries(run_dir: Path, config: Config, metrics: dict[str, Any], tens
 def cached_feature_splits(prepared: PreparedRun, backbone_sha256: str) -> dict[str, tuple[FeatureSplit, str]]:
     """Each split's pooled backbone features, from the cache or computed once; with the cache status."""
     config = prepared.config
+    keys = {name: cache_key(split, config.model.backbone, backbone_sha256, config.model.pooling,
+                            prepared.precision, prepared.device)
+            for name, split in prepared.tokenized.items()}
+    extract = partial(extract_features, prepared.model, batch_size=config.training.eval_batch_size,
+                      device=prepared.device, precision=prepared.precision)
+    found = load_or_compute(Path(config.output.cache_dir), keys, prepared.tokenized, extract)
     result = {}
-    for name, split in prepared.tokenized.items():
-        started = time.perf_counter()
-        key = cache_key(split, config.model.backbone, backbone_sha256, config.model.pooling, prepared.precision,
-                        prepared.device)
-        features, status, path = load_or_compute(
-            Path(config.output.cache_dir), key,
-            partial(extract_features, prepared.model, split, config.training.eval_batch_size, prepared.device,
-                    prepared.precision),
-        )
-        log_event("feature_cache", split=name, status=status, examples=len(split),
-                  seconds=time.perf_counter() - started, path=path)
+    for name, (features, status, path) in found.items():
+        split = prepared.tokenized[name]
+        log_event("feature_cache", split=name, status=status, examples=len(split), path=path)
         result[name] = (FeatureSplit(features, torch.tensor(split.labels), split.lengths), status)
     return result
 

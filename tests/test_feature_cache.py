@@ -132,3 +132,22 @@ def test_on_cached_features_each_optimizer_step_is_one_fused_pass(make_config):
     [event] = run_log.read_events(fused_run / artifacts.TRAIN_LOG_FILE, "fused_micro_batches")
     assert event["examples_per_pass"] == "8"
     assert run_log.read_events(unfused_run / artifacts.TRAIN_LOG_FILE, "fused_micro_batches") == []
+
+
+def test_a_cold_run_extracts_every_missing_split_in_one_pass(make_config):
+    config = make_config()
+    first = run_training(config)
+    [extraction] = run_log.read_events(first / artifacts.TRAIN_LOG_FILE, "feature_extraction")
+    assert extraction["splits"] == "train,val,test" and extraction["examples"] == "80"  # 48 + 16 + 16
+    # each split's entry holds exactly its own rows: another run finds them all
+    assert cache_events(run_training(config)) == {"train": "hit", "val": "hit", "test": "hit"}
+    assert run_log.read_events(run_training(config) / artifacts.TRAIN_LOG_FILE, "feature_extraction") == []
+    entries = {path: artifacts.load_checkpoint(path)["features"] for path in cache_files(config)}
+    for features in entries.values():  # no entry holds the other splits' rows (a saved view would)
+        assert features.untyped_storage().nbytes() == features.numel() * features.element_size()
+    next(path for path, features in entries.items() if len(features) == 16).unlink()
+    # one entry of 16 rows gone: only that split is extracted again
+    third = run_training(config)
+    [extraction] = run_log.read_events(third / artifacts.TRAIN_LOG_FILE, "feature_extraction")
+    assert extraction["examples"] == "16"
+    assert sorted(cache_events(third).values()) == ["hit", "hit", "miss"]
