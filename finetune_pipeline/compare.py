@@ -378,7 +378,7 @@ def find_warnings(records: list[RunRecord], rows: list[RunRow], groups: list[See
                              "scores on different data are not comparable"),
         *provenance_warnings(rows, [backbone_identity(record) for record in records], "backbone", "backbone_sha256",
                              "another backbone changes the scores by itself; fine only as the one factor studied"),
-        *provenance_warnings(rows, [record.metrics.get("code_version") for record in records], "code version",
+        *provenance_warnings(rows, [code_identity(record) for record in records], "code version",
                              "code_version", "the code changed between the runs, which can change results by itself"),
         *provenance_warnings(rows, [hardware_identity(record) for record in records], "device or precision",
                              "mixed_precision", "another device or precision changes speed, memory and the "
@@ -424,6 +424,15 @@ def backbone_identity(record: RunRecord) -> dict[str, Any] | None:
     sha256 = record.metrics.get("backbone_sha256")
     return None if sha256 is None else {"model.backbone": (record.config or {}).get("model.backbone"),
                                         "backbone_sha256": sha256}
+
+
+def code_identity(record: RunRecord) -> dict[str, Any] | None:
+    """The package version and its source's sha256; runs recorded before that hash existed fall back to the
+    git commit (where a commit that changed only documentation still counts as a change)."""
+    version = record.metrics.get("code_version")
+    if not isinstance(version, dict) or not version.get("source_sha256"):
+        return version
+    return {"package": version.get("package"), "source_sha256": version["source_sha256"]}
 
 
 def hardware_identity(record: RunRecord) -> dict[str, Any] | None:

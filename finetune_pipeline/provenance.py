@@ -33,8 +33,9 @@ def data_fingerprints(data: DataConfig) -> dict[str, dict[str, str] | None]:
 
 
 def code_version() -> dict[str, Any]:
-    """The package version and, in a git checkout, the commit and whether the package's code was changed
-    since (edited configs do not count: they are recorded in each run's config.json)."""
+    """The package version, a sha256 of the package's source (what compare checks: a commit that changed
+    only documentation is the same code), and, in a git checkout, the commit and whether the package's code
+    was changed since (edited configs do not count: they are recorded in each run's config.json)."""
     try:
         package = metadata.version(PACKAGE_NAME)
     except metadata.PackageNotFoundError:
@@ -43,7 +44,18 @@ def code_version() -> dict[str, Any]:
     commit = git_output(["rev-parse", "HEAD"], checkout)
     status = (git_output(["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)configs"], checkout)
               if commit else None)
-    return {"package": package, "git_commit": commit, "git_dirty": None if status is None else bool(status)}
+    return {"package": package, "source_sha256": source_sha256(checkout), "git_commit": commit,
+            "git_dirty": None if status is None else bool(status)}
+
+
+def source_sha256(package_dir: Path) -> str:
+    """One hash over the package's Python files (its modules and scripts/), names and contents, in a fixed
+    order. Two levels only: the run folders and caches inside the package folder are never walked."""
+    digest = hashlib.sha256()
+    for path in sorted([*package_dir.glob("*.py"), *package_dir.glob("*/*.py")]):
+        digest.update(path.relative_to(package_dir).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def git_output(arguments: list[str], directory: Path) -> str | None:

@@ -153,6 +153,15 @@ def test_another_backbone_and_another_code_version_are_warnings(tmp_path):
                                   "git_commit: 1234567 → 7654321")
 
 
+def test_the_code_is_compared_by_its_source_hash_when_runs_have_one(tmp_path):
+    with_hash = {**CODE_VERSION, "source_sha256": "c" * 64}
+    reference = write_run(tmp_path / "base", code_version=with_hash)
+    docs_commit = write_run(tmp_path / "docs", code_version={**with_hash, "git_commit": "7654321"})
+    edited = write_run(tmp_path / "edited", code_version={**with_hash, "source_sha256": "e" * 64})
+    [warning] = compare(tmp_path, reference, docs_commit, edited).warnings
+    assert warning.startswith("code version differs: run edited vs the reference base: source_sha256: cccc")
+
+
 def test_keys_a_frozen_backbone_ignores_are_not_factors(tmp_path):
     frozen = {"training": {"freeze_backbone": True, "encoder_learning_rate": 2e-5}}
     reference = write_run(tmp_path / "base", config=frozen)

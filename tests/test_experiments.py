@@ -82,7 +82,20 @@ def test_run_records_the_effective_config_and_which_keys_came_from_set(make_conf
     assert json.loads((run_dir / artifacts.CONFIG_FILE).read_text())["model"]["hidden_dim"] == 8
     assert set(metrics["data_files"]) == {"train", "val", "test"}
     assert len(metrics["data_files"]["train"]["sha256"]) == 64
-    assert {"package", "git_commit", "git_dirty"} <= set(metrics["code_version"])
+    assert {"package", "source_sha256", "git_commit", "git_dirty"} <= set(metrics["code_version"])
+
+
+def test_the_source_hash_changes_with_any_python_file_of_the_package(tmp_path):
+    from finetune_pipeline.provenance import source_sha256
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "configs" / "c.json").write_text("{}")
+    before = source_sha256(tmp_path)
+    (tmp_path / "configs" / "c.json").write_text('{"seed": 1}')
+    assert source_sha256(tmp_path) == before  # configs are recorded per run, not code
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert source_sha256(tmp_path) != before
 
 
 # --- new-experiment ---------------------------------------------------------------------------------
