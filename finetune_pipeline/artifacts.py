@@ -78,6 +78,15 @@ def write_json(path: Path, payload: Any) -> None:
     write_atomically(path, lambda file: file.write(text.encode("utf-8")))
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A run file's JSON object. A failed or interrupted run may lack the file (FileNotFoundError); anything
+    else unusable raises ValueError (bad UTF-8 or JSON are ValueErrors too) or OSError."""
+    content = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(content, dict):
+        raise ValueError(f"holds {type(content).__name__}, not a JSON object")
+    return content
+
+
 def save_torch(path: Path, payload: Any) -> None:
     write_atomically(path, lambda file: torch.save(payload, file))
 

@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from finetune_pipeline.artifacts import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE, write_atomically
-from finetune_pipeline.config import flatten
+from finetune_pipeline.artifacts import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE, read_json_object, write_atomically
+from finetune_pipeline.config import changed_values, flatten
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.plots import DEFAULT_METRIC_NAME, RunCurves, plot_overlay, read_run_curves
 from finetune_pipeline.run_log import read_events
@@ -231,24 +231,21 @@ def default_output_dir(artifacts_root: Path) -> Path:
 
 
 def load_run_record(run_dir: Path) -> RunRecord:
-    metrics, metrics_problem = read_json_object(run_dir / METRICS_FILE, "scores, status and provenance unknown")
-    config, config_problem = read_json_object(run_dir / CONFIG_FILE, "its factors cannot be checked")
+    metrics, metrics_problem = read_run_file(run_dir / METRICS_FILE, "scores, status and provenance unknown")
+    config, config_problem = read_run_file(run_dir / CONFIG_FILE, "its factors cannot be checked")
     losses, log_problem = read_losses(run_dir / TRAIN_LOG_FILE)
     problems = [problem for problem in (metrics_problem, config_problem, log_problem) if problem]
     return RunRecord(run_dir, metrics or {}, None if config is None else flatten(config), losses, problems)
 
 
-def read_json_object(path: Path, consequence: str) -> tuple[dict[str, Any] | None, str | None]:
+def read_run_file(path: Path, consequence: str) -> tuple[dict[str, Any] | None, str | None]:
     """(content, None), or (None, what went wrong): a failed run may have left a file missing."""
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path), None
     except FileNotFoundError:
         return None, f"{path.name} is missing: {consequence}"
     except (OSError, ValueError) as err:
         return None, f"{path.name} cannot be read ({err}): {consequence}"
-    if not isinstance(content, dict):
-        return None, f"{path.name} does not hold a JSON object: {consequence}"
-    return content, None
 
 
 def read_losses(path: Path) -> tuple[list[float], str | None]:
@@ -272,12 +269,11 @@ def factors_of(record: RunRecord) -> dict[str, Any] | None:
             if is_factor(key) and not (frozen and key in IGNORED_WHEN_FROZEN)}
 
 
-def changed_values(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """key -> (reference value, other value) for every key whose values differ; a key one side lacks is None there.
-    A key that factors_of left out of one side (ignored by its frozen backbone) is no difference."""
-    keys = [key for key in dict.fromkeys([*reference, *other]) if key in reference and key in other
-            or key not in IGNORED_WHEN_FROZEN]  # both sides' keys, in config order
-    return {key: (reference.get(key), other.get(key)) for key in keys if reference.get(key) != other.get(key)}
+def factor_differences(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The factors whose values differ. A key that factors_of left out of one side (ignored by its frozen
+    backbone) is no difference."""
+    return {key: values for key, values in changed_values(reference, other).items()
+            if key in reference and key in other or key not in IGNORED_WHEN_FROZEN}
 
 
 # ---- rows and seed groups --------------------------------------------------------------------------------------
@@ -302,7 +298,7 @@ def summarize(record: RunRecord, reference: RunRecord) -> RunRow:
         stability=loss_stability(record.losses),
         seed=seed,
         factors=factors,
-        differences=changed_values(reference_factors, factors) if comparable else None,
+        differences=factor_differences(reference_factors, factors) if comparable else None,
     )
 
 

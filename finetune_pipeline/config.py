@@ -192,8 +192,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def changed_keys(config: Config, reference: Config) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ: {key: (value in reference, value in config)}."""
-    ours, theirs = flatten(config.to_plain()), flatten(reference.to_plain())
-    return {key: (theirs[key], ours[key]) for key in ours if ours[key] != theirs[key]}
+    return changed_values(flatten(reference.to_plain()), flatten(config.to_plain()))
+
+
+def changed_values(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """key -> (reference value, other value) for every key whose values differ; a key one side lacks is None there."""
+    keys = dict.fromkeys([*reference, *other])  # both sides' keys, in order
+    return {key: (reference.get(key), other.get(key)) for key in keys if reference.get(key) != other.get(key)}
 
 
 def non_default_values(config: Config) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def read_split(data: DataConfig, split: str, path: str) -> list[Example]:
         Path(path),
         text_column=override.text_column or data.text_column,
         label_column=override.label_column or data.label_column,
-        split=split,
+        settings=split_settings(split),
     )
 
 
@@ -93,14 +93,11 @@ class Record:
     values: dict[str, object]  # role -> value: always a string in CSV/TSV, any JSON value in JSON Lines
 
 
-def read_labelled_file(
-    path: Path, text_column: str, label_column: str, split: str | FileSettings
-) -> list[Example]:
+def read_labelled_file(path: Path, text_column: str, label_column: str, settings: FileSettings) -> list[Example]:
     """Read CSV, TSV (no quoting, as GLUE ships it) or JSON Lines into examples.
 
-    split: "train", "val" or "test" for a file the config names, or the FileSettings of one named elsewhere.
+    settings: what names this file and its columns (split_settings for a config's split), for messages.
     """
-    settings = split if isinstance(split, FileSettings) else split_settings(split)
     columns = {"text": text_column, "label": label_column}
     records = parse_records(read_utf8(path, settings), path, columns, settings)
     if not records:

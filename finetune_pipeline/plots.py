@@ -5,7 +5,6 @@ registry until it is closed and picks a GUI backend; a bare Figure draws with Ag
 and is freed like any other object once it goes out of scope.
 """
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from finetune_pipeline.artifacts import METRICS_FILE, TRAIN_LOG_FILE, write_atomically
+from finetune_pipeline.artifacts import METRICS_FILE, TRAIN_LOG_FILE, read_json_object, write_atomically
 from finetune_pipeline.run_log import read_events
 
 DEFAULT_METRIC_NAME = "score"
@@ -59,11 +58,10 @@ def read_run_curves(run_dir: Path, label: str) -> RunCurves:
 
 
 def read_metric_name(run_dir: Path) -> str:
-    metrics_path = run_dir / METRICS_FILE
-    if not metrics_path.exists():
+    try:
+        return read_json_object(run_dir / METRICS_FILE).get("metric") or DEFAULT_METRIC_NAME
+    except FileNotFoundError:
         return DEFAULT_METRIC_NAME
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    return metrics.get("metric") or DEFAULT_METRIC_NAME
 
 
 def plot_run_curves(curves: RunCurves, path: Path) -> None:

@@ -13,7 +13,14 @@ from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
-from finetune_pipeline.artifacts import CONFIG_FILE, FREEZE_PROOF_FILE, METRICS_FILE, TRAIN_LOG_FILE, write_atomically
+from finetune_pipeline.artifacts import (
+    CONFIG_FILE,
+    FREEZE_PROOF_FILE,
+    METRICS_FILE,
+    TRAIN_LOG_FILE,
+    read_json_object,
+    write_atomically,
+)
 from finetune_pipeline.config import Config, flatten
 from finetune_pipeline.plots import DEFAULT_METRIC_NAME, RunCurves, plot_run_curves, read_run_curves
 
@@ -86,18 +93,13 @@ def read_run_files(run_dir: Path) -> RunFiles:
 
 def read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
     """The file's JSON object, or None with the reason added to problems."""
-    if not path.exists():
-        problems.append(f"{path.name}: not written")
-        return None
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return read_json_object(path)
+    except FileNotFoundError:
+        problems.append(f"{path.name}: not written")
+    except (OSError, ValueError) as error:
         problems.append(f"{path.name}: could not be read ({error})")
-        return None
-    if not isinstance(content, dict):
-        problems.append(f"{path.name}: holds {type(content).__name__}, not a JSON object")
-        return None
-    return content
+    return None
 
 
 # ---- the page ------------------------------------------------------------------------------------

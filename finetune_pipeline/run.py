@@ -215,7 +215,9 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
     return run_dir
 
 
-def write_summaries(run_dir: Path, config: Config, metrics: dict[str, Any], tensorboard: TensorBoardHandler | None) -> None:
+def write_summaries(
+    run_dir: Path, config: Config, metrics: dict[str, Any], tensorboard: TensorBoardHandler | None
+) -> None:
     """curves.png, report.html and TensorBoard's hparams, from what the run got to. Also after a failure:
     a problem here is logged, never raised, so it cannot hide the run's own error."""
     try:

@@ -9,25 +9,13 @@ from typing import Any
 
 import pytest
 
-from finetune_pipeline.config import Config, config_from_dict, load_config
+from finetune_pipeline.config import Config, config_from_dict, flatten, load_config
 from finetune_pipeline.errors import EXIT_BAD_INPUT, UserInputError
 
 REPO_ROOT = Path(__file__).parents[1]
 CONFIGS_DIR = REPO_ROOT / "finetune_pipeline" / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "train_config.json"
 EXP1_CONFIG = CONFIGS_DIR / "train_config_exp1.json"
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def error_message(raw: Any) -> str:

@@ -14,6 +14,7 @@ from finetune_pipeline.data import (
     label_names_from,
     load_splits,
     read_labelled_file,
+    split_settings,
 )
 from finetune_pipeline.errors import UserInputError
 
@@ -50,7 +51,8 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def read(path: Path, text_column: str = "text", label_column: str = "label", split: str = "train") -> list[Example]:
-    return read_labelled_file(path, text_column=text_column, label_column=label_column, split=split)
+    return read_labelled_file(path, text_column=text_column, label_column=label_column,
+                              settings=split_settings(split))
 
 
 def read_error(path: Path, text_column: str = "text", label_column: str = "label", split: str = "train") -> str:
