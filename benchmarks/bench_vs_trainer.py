@@ -143,12 +143,12 @@ def run_floor_forward(settings: Settings) -> Result:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from finetune_pipeline.model import load_backbone
+    from finetune_pipeline.model import load_backbone, load_tokenizer
 
     train_texts, train_labels = read_split(settings.work_dir, TRAIN_FILE)
     dev_texts, dev_labels = read_split(settings.work_dir, DEV_FILE)
     texts = train_texts + dev_texts + dev_texts
-    backbone, tokenizer = load_backbone(BACKBONE)
+    backbone, (tokenizer, _) = load_backbone(BACKBONE), load_tokenizer(BACKBONE)
     backbone.eval()
 
     started = time.perf_counter()
@@ -179,10 +179,10 @@ def run_floor_forward_backward(settings: Settings) -> Result:
     import torch
     import torch.nn.functional as F
 
-    from finetune_pipeline.model import load_backbone
+    from finetune_pipeline.model import load_backbone, load_tokenizer
 
     texts, labels = read_split(settings.work_dir, TRAIN_FILE)
-    backbone, tokenizer = load_backbone(BACKBONE)
+    backbone, (tokenizer, _) = load_backbone(BACKBONE), load_tokenizer(BACKBONE)
     torch.manual_seed(settings.seed)
     linear = torch.nn.Linear(backbone.config.hidden_size, 2)
     backbone.train()

@@ -117,8 +117,12 @@ def checkpoint_payload(
 
 
 def restore_weights(model: TextClassifier, payload: dict[str, Any], source: Path) -> None:
-    """Load a checkpoint's weights into model; a left-out backbone must be exactly the one trained with."""
-    if not payload["backbone_included"]:
+    """Load a checkpoint's weights into model; a left-out backbone must be exactly the one trained with.
+
+    A model without its backbone (a run on cached features) takes the head alone: the run that saved the
+    checkpoint is the one restoring it, with the same backbone fingerprint.
+    """
+    if not payload["backbone_included"] and model.backbone is not None:
         loaded = fingerprint_of(tensor_hashes(model.backbone))
         if loaded != payload["backbone_sha256"]:
             raise UserInputError(

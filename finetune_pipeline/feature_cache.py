@@ -103,19 +103,26 @@ def cache_key(
     }
 
 
-def load_or_compute(
-    cache_dir: Path, keys: dict[str, dict[str, Any]], splits: dict[str, TokenizedSplit],
+Found = dict[str, tuple[torch.Tensor | None, str, Path]]  # {split: (features or None, status, entry path)}
+
+
+def lookup_all(cache_dir: Path, keys: dict[str, dict[str, Any]]) -> Found:
+    """Each split's cache entry. status is "hit", "miss", or "rebuilt: <why>" when an entry was there but
+    unusable (corrupt, truncated, or made for other inputs): a cache entry is never trusted without checking."""
+    return {name: lookup(cache_dir, key) for name, key in keys.items()}
+
+
+def extract_missing(
+    cache_dir: Path, keys: dict[str, dict[str, Any]], found: Found, splits: dict[str, TokenizedSplit],
     extract: Callable[[TokenizedSplit], torch.Tensor],
 ) -> dict[str, tuple[torch.Tensor, str, Path]]:
-    """Each split's features, from the cache where a valid entry exists: {split: (features, status, path)}.
+    """found with the missing features filled in and stored.
 
-    The splits the cache lacks are extracted together, in one pass over the backbone: their texts are
-    sorted by length across splits, so there are fewer, fuller batches than split by split. status is
-    "hit", "miss", or "rebuilt: <why>" when an entry was there but unusable (corrupt, truncated, or made
-    for other inputs): a cache entry is never trusted without checking.
+    The missing splits are extracted together, in one pass over the backbone: their texts are sorted by
+    length across splits, so there are fewer, fuller batches than split by split.
     """
-    found = {name: lookup(cache_dir, key) for name, key in keys.items()}
     missing = [name for name, (features, _, _) in found.items() if features is None]
+    found = dict(found)
     if missing:
         started = time.perf_counter()
         extracted = extract(concatenate([splits[name] for name in missing]))

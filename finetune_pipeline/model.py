@@ -5,15 +5,19 @@
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from finetune_pipeline.config import DEFAULT_BACKBONE, ModelConfig
 from finetune_pipeline.errors import UserInputError
+
+if TYPE_CHECKING:  # importing transformers' model code takes seconds; a fully cached run never needs it
+    from transformers import PreTrainedModel
 
 
 def resolve_backbone(backbone: str) -> str:
@@ -33,44 +37,61 @@ def resolve_backbone(backbone: str) -> str:
     return backbone
 
 
-# Backbones loaded so far, by location, while a sweep runs its members in one process (see below).
-_loaded_backbones: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] | None = None
+# What was read from disk so far, by (kind, location), while a sweep runs its members in one process.
+_loaded: dict[tuple[str, str], Any] | None = None
 
 
 @contextlib.contextmanager
 def keep_loaded_backbones() -> Iterator[None]:
-    """Within this block, each backbone is read from disk once; every load after that gets a fresh copy
-    of the pristine weights (a trained backbone must never leak into the next run)."""
-    global _loaded_backbones
-    _loaded_backbones = {}
+    """Within this block, each backbone, tokenizer and backbone config is read from disk once; every load of a
+    backbone after that gets a fresh copy of the pristine weights (a trained backbone must never leak into
+    the next run)."""
+    global _loaded
+    _loaded = {}
     try:
         yield
     finally:
-        _loaded_backbones = None
+        _loaded = None
 
 
-def load_backbone(backbone: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def read_pretrained(backbone: str, kind: str, read: Callable[[str], Any]) -> Any:
+    """read(location), once per sweep; an unreadable backbone is the user's to fix."""
     location = resolve_backbone(backbone)
-    if _loaded_backbones is not None and location in _loaded_backbones:
-        pristine, tokenizer = _loaded_backbones[location]
-        return copy.deepcopy(pristine), tokenizer
+    if _loaded is not None and (kind, location) in _loaded:
+        return _loaded[kind, location]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        # SDPA: PyTorch's fused attention kernels, faster and leaner than the eager implementation.
-        model = AutoModel.from_pretrained(location, attn_implementation="sdpa")
+        loaded = read(location)
     except (OSError, ValueError) as err:
         raise UserInputError(
-            f"model.backbone '{backbone}': could not load it from {location} ({err}). "
+            f"model.backbone '{backbone}': could not load its {kind} from {location} ({err}). "
             "Give a local folder with config.json, weights and tokenizer files, or a Hugging Face "
             "model id that is in your local cache or reachable online"
         ) from None
-    if _loaded_backbones is not None:
-        _loaded_backbones[location] = (copy.deepcopy(model), tokenizer)
-    return model, tokenizer
+    if _loaded is not None:
+        _loaded[kind, location] = loaded
+    return loaded
 
 
-def backbone_max_length(backbone: PreTrainedModel) -> int | None:
-    return getattr(backbone.config, "max_position_embeddings", None)
+def load_tokenizer(backbone: str) -> tuple[PreTrainedTokenizerBase, PretrainedConfig]:
+    """The tokenizer and the backbone's config (sizes, maximum length): milliseconds, no weights read."""
+    return (read_pretrained(backbone, "tokenizer", AutoTokenizer.from_pretrained),
+            read_pretrained(backbone, "config", AutoConfig.from_pretrained))
+
+
+def load_backbone(backbone: str) -> "PreTrainedModel":
+    """The pretrained weights (a fresh copy within keep_loaded_backbones)."""
+    def read_weights(location: str) -> "PreTrainedModel":
+        from transformers import AutoModel
+
+        # SDPA: PyTorch's fused attention kernels, faster and leaner than the eager implementation.
+        return AutoModel.from_pretrained(location, attn_implementation="sdpa")
+
+    model = read_pretrained(backbone, "weights", read_weights)
+    return copy.deepcopy(model) if _loaded is not None else model
+
+
+def backbone_max_length(backbone_config: PretrainedConfig) -> int | None:
+    return getattr(backbone_config, "max_position_embeddings", None)
 
 
 class ClassifierHead(nn.Module):
@@ -98,27 +119,34 @@ def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str
 
 
 class TextClassifier(nn.Module):
-    def __init__(self, backbone: PreTrainedModel, config: ModelConfig, num_labels: int) -> None:
+    """backbone is None when the run needs the head alone: a frozen run whose features all come from the
+    feature cache never loads the weights."""
+
+    def __init__(self, backbone: "PreTrainedModel | None", backbone_config: PretrainedConfig, config: ModelConfig,
+                 num_labels: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = config.pooling
-        self.head = ClassifierHead(backbone.config.hidden_size, config.hidden_dim, num_labels, config.dropout)
+        self.head = ClassifierHead(backbone_config.hidden_size, config.hidden_dim, num_labels, config.dropout)
         self.backbone_frozen = False
 
     def freeze_backbone(self) -> None:
         """No gradients for the backbone, and eval mode so that its dropout is off too."""
         self.backbone_frozen = True
-        self.backbone.requires_grad_(False)
-        self.backbone.eval()
+        if self.backbone is not None:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
 
     def train(self, mode: bool = True) -> "TextClassifier":
         super().train(mode)
-        if self.backbone_frozen:
+        if self.backbone_frozen and self.backbone is not None:
             self.backbone.eval()  # model.train() must not switch a frozen backbone's dropout back on
         return self
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled sentence features, (batch, hidden)."""
+        if self.backbone is None:
+            raise RuntimeError("the backbone was not loaded: this run was to use cached features only")
         hidden_states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool(hidden_states, attention_mask, self.pooling)
 
@@ -126,18 +154,24 @@ class TextClassifier(nn.Module):
         return self.head(self.features(input_ids, attention_mask))  # (batch, num_labels)
 
 
-def build_model(config: ModelConfig, num_labels: int, freeze: bool) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
-    backbone, tokenizer = load_backbone(config.backbone)
-    model = TextClassifier(backbone, config, num_labels)
+def build_model(
+    config: ModelConfig, num_labels: int, freeze: bool, load_weights: bool = True
+) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
+    """The classifier and its tokenizer; load_weights=False builds the head alone (see TextClassifier)."""
+    tokenizer, backbone_config = load_tokenizer(config.backbone)
+    backbone = load_backbone(config.backbone) if load_weights else None
+    model = TextClassifier(backbone, backbone_config, config, num_labels)
     if freeze:
         model.freeze_backbone()
     return model, tokenizer
 
 
-def count_parameters(model: TextClassifier) -> dict[str, int]:
+def count_parameters(model: TextClassifier, unloaded_backbone_parameters: int = 0) -> dict[str, int]:
+    """unloaded_backbone_parameters: the backbone's size when it is not loaded (see TextClassifier)."""
     return {
-        "total": sum(p.numel() for p in model.parameters()),
+        "total": sum(p.numel() for p in model.parameters()) + unloaded_backbone_parameters,
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "backbone_trainable": sum(p.numel() for p in model.backbone.parameters() if p.requires_grad),
+        "backbone_trainable": sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
+        if model.backbone is not None else 0,
         "head": sum(p.numel() for p in model.head.parameters()),
     }

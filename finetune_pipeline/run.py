@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import transformers
 
-from finetune_pipeline import artifacts
+from finetune_pipeline import artifacts, backbone_memo
 from finetune_pipeline.batching import TokenizedSplit, length_statistics, tokenize_split
 from finetune_pipeline.config import Config
 from finetune_pipeline.data import Splits, load_splits
@@ -28,10 +28,17 @@ from finetune_pipeline.device import (
 )
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.evaluation import evaluate
-from finetune_pipeline.feature_cache import FeatureSplit, cache_key, extract_features, load_or_compute
-from finetune_pipeline.freeze_proof import build_freeze_proof, fingerprint_of, snapshot
+from finetune_pipeline.feature_cache import Found, FeatureSplit, cache_key, extract_features, extract_missing, lookup_all
+from finetune_pipeline.freeze_proof import Snapshot, build_freeze_proof, fingerprint_of, snapshot
 from finetune_pipeline.memory_check import check_fits, is_out_of_memory, out_of_memory, run_preflight
-from finetune_pipeline.model import TextClassifier, backbone_max_length, build_model, count_parameters, load_backbone
+from finetune_pipeline.model import (
+    TextClassifier,
+    backbone_max_length,
+    count_parameters,
+    load_backbone,
+    load_tokenizer,
+    resolve_backbone,
+)
 from finetune_pipeline.provenance import code_version, data_fingerprints
 from finetune_pipeline.report import write_run_report
 from finetune_pipeline.tensorboard_log import TensorBoardHandler, open_tensorboard
@@ -52,32 +59,86 @@ class PreparedRun:
     model: TextClassifier
     tokenized: dict[str, TokenizedSplit]
     pad_token_id: int
+    backbone_before: Snapshot  # the backbone's tensor hashes before training (remembered if it was not loaded)
+    backbone_parameters: int
+    feature_keys: dict[str, dict[str, Any]]  # per split; empty without the feature cache
+    cached_features: Found  # what the feature cache holds for those keys
 
     @property
     def uses_feature_cache(self) -> bool:
-        return self.config.training.freeze_backbone and self.config.training.cache_features
+        return uses_feature_cache(self.config)
+
+    @property
+    def backbone_sha256(self) -> str:
+        return fingerprint_of(self.backbone_before.hashes)
 
 
-def prepare_run(config: Config) -> PreparedRun:
+def uses_feature_cache(config: Config) -> bool:
+    return config.training.freeze_backbone and config.training.cache_features
+
+
+def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
+    """Check and load everything the run needs; a dry run loads the weights in any case and writes nothing.
+
+    A frozen run whose features are all in the feature cache does not load the backbone's weights (nor
+    import the model code): the cache key needs only the weights' fingerprint, remembered in the cache
+    folder (backbone_memo), and training needs only the head.
+    """
     device = resolve_device(config.training.device)
     precision = resolve_precision(config.training.mixed_precision, device)
     splits = load_splits(config.data, config.seed)
 
-    transformers.set_seed(config.seed)  # python, numpy and torch RNGs: the head starts the same every time
-    model, tokenizer = build_model(config.model, len(splits.label_names), freeze=config.training.freeze_backbone)
-    longest = backbone_max_length(model.backbone)
+    tokenizer, backbone_config = load_tokenizer(config.model.backbone)
+    longest = backbone_max_length(backbone_config)
     if longest is not None and config.data.max_length > longest:
         raise UserInputError(
             f"data.max_length: {config.data.max_length} is more than the backbone '{config.model.backbone}' "
             f"can read ({longest} tokens); set it to {longest} or less"
         )
-    if config.training.gradient_checkpointing and not config.training.freeze_backbone:
-        enable_activation_checkpointing(model.backbone)
     tokenized = {
         name: tokenize_split(examples, splits.label_names, tokenizer, config.data.max_length)
         for name, examples in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test), strict=True)
     }
-    return PreparedRun(config, device, precision, splits, model.to(device), tokenized, tokenizer.pad_token_id)
+
+    cache_dir, location = Path(config.output.cache_dir), resolve_backbone(config.model.backbone)
+    remembered = backbone_memo.recall(cache_dir, location) if uses_feature_cache(config) else None
+    keys, found = {}, {}
+    if remembered is not None:
+        keys = feature_keys(config, tokenized, remembered.sha256, precision, device)
+        found = lookup_all(cache_dir, keys)
+    all_cached = remembered is not None and all(features is not None for features, _, _ in found.values())
+
+    backbone = None if all_cached and not dry_run else load_backbone(config.model.backbone)
+    if backbone is None:
+        backbone_before = Snapshot(remembered.tensor_hashes, original=dict)
+        backbone_parameters = remembered.parameters
+    else:
+        backbone_before = snapshot(backbone, reload_original=lambda: load_backbone(config.model.backbone).state_dict())
+        backbone_parameters = sum(parameter.numel() for parameter in backbone.parameters())
+        if uses_feature_cache(config) and not dry_run:
+            backbone_memo.remember(cache_dir, location,
+                                   backbone_memo.BackboneFingerprint(backbone_before.hashes, backbone_parameters))
+            if remembered is None or remembered.tensor_hashes != backbone_before.hashes:
+                keys = feature_keys(config, tokenized, fingerprint_of(backbone_before.hashes), precision, device)
+                found = lookup_all(cache_dir, keys)
+
+    # Seeded after loading: the head starts the same whether or not the backbone was loaded.
+    transformers.set_seed(config.seed)  # python, numpy and torch RNGs
+    model = TextClassifier(backbone, backbone_config, config.model, len(splits.label_names))
+    if config.training.freeze_backbone:
+        model.freeze_backbone()
+    elif config.training.gradient_checkpointing:
+        enable_activation_checkpointing(model.backbone)
+    return PreparedRun(config, device, precision, splits, model.to(device), tokenized, tokenizer.pad_token_id,
+                       backbone_before, backbone_parameters, keys, found)
+
+
+def feature_keys(
+    config: Config, tokenized: dict[str, TokenizedSplit], backbone_sha256: str, precision: Precision,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    return {name: cache_key(split, config.model.backbone, backbone_sha256, config.model.pooling, precision, device)
+            for name, split in tokenized.items()}
 
 
 def enable_activation_checkpointing(backbone: torch.nn.Module) -> None:
@@ -90,7 +151,7 @@ def enable_activation_checkpointing(backbone: torch.nn.Module) -> None:
 
 def dry_run(config: Config) -> dict[str, Any]:
     """What a run would do, and whether its heaviest step fits in memory; writes nothing."""
-    prepared = prepare_run(config)
+    prepared = prepare_run(config, dry_run=True)
     preflight = run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.device,
                               prepared.precision, prepared.uses_feature_cache)
     steps_per_epoch = optimizer_steps_per_epoch(len(prepared.splits.train), config.training)
@@ -149,13 +210,11 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
                 log_event("preflight", **metrics["preflight"])
                 check_fits(preflight, config)
 
-            backbone_before = snapshot(model.backbone,
-                                       reload_original=lambda: load_backbone(config.model.backbone)[0].state_dict())
             head_before = snapshot(model.head)
-            backbone_sha256 = fingerprint_of(backbone_before.hashes)
+            backbone_sha256 = prepared.backbone_sha256
             metrics["backbone_sha256"] = backbone_sha256
             if prepared.uses_feature_cache:
-                inputs = cached_feature_splits(prepared, backbone_sha256)
+                inputs = cached_feature_splits(prepared)
                 metrics["feature_cache"] = {name: split_status for name, (_, split_status) in inputs.items()}
                 train_split, val_split, test_split = (inputs[name][0] for name in SPLIT_NAMES)
             else:
@@ -171,7 +230,7 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
                 on_epoch_end=record_epoch,
             )
             save_model(artifacts.FINAL_MODEL_FILE, outcome.history[-1].epoch, outcome.steps)
-            proof = build_freeze_proof(backbone_before, head_before, model.backbone, model.head,
+            proof = build_freeze_proof(prepared.backbone_before, head_before, model.backbone, model.head,
                                        config.training.freeze_backbone)
             artifacts.write_json(run_dir / artifacts.FREEZE_PROOF_FILE, proof)
             log_event("freeze_proof", backbone_changed=proof["backbone_changed"],
@@ -228,15 +287,13 @@ def write_summaries(
         log_event("warning", level=logging.WARNING, message=f"report not written: {error}")
 
 
-def cached_feature_splits(prepared: PreparedRun, backbone_sha256: str) -> dict[str, tuple[FeatureSplit, str]]:
+def cached_feature_splits(prepared: PreparedRun) -> dict[str, tuple[FeatureSplit, str]]:
     """Each split's pooled backbone features, from the cache or computed once; with the cache status."""
     config = prepared.config
-    keys = {name: cache_key(split, config.model.backbone, backbone_sha256, config.model.pooling,
-                            prepared.precision, prepared.device)
-            for name, split in prepared.tokenized.items()}
     extract = partial(extract_features, prepared.model, batch_size=config.training.eval_batch_size,
                       device=prepared.device, precision=prepared.precision)
-    found = load_or_compute(Path(config.output.cache_dir), keys, prepared.tokenized, extract)
+    found = extract_missing(Path(config.output.cache_dir), prepared.feature_keys, prepared.cached_features,
+                            prepared.tokenized, extract)
     result = {}
     for name, (features, status, path) in found.items():
         split = prepared.tokenized[name]
@@ -275,7 +332,8 @@ def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
         "mixed_precision": {"requested": precision.requested, "used": precision.used, "reason": precision.reason},
         "effective_batch_size": config.effective_batch_size(),
         "optimizer_steps_per_epoch": optimizer_steps_per_epoch(len(splits.train), config.training),
-        "parameters": count_parameters(prepared.model),
+        "parameters": count_parameters(prepared.model, 0 if prepared.model.backbone is not None
+                                       else prepared.backbone_parameters),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "wall_time_s": 0.0,
@@ -310,6 +368,7 @@ def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: dict[str, Any])
               **{f"{name}_truncated": stats["truncated"] for name, stats in metrics["token_lengths"].items()})
     parameters = metrics["parameters"]
     log_event("setup", freeze_backbone=training.freeze_backbone, feature_cache=prepared.uses_feature_cache,
+              backbone_loaded=prepared.model.backbone is not None,
               trainable_parameters=parameters["trainable"], total_parameters=parameters["total"],
               batch_size=training.batch_size, gradient_accumulation_steps=training.gradient_accumulation_steps,
               effective_batch_size=metrics["effective_batch_size"],

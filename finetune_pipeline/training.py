@@ -57,7 +57,7 @@ def build_optimizer(model: TextClassifier, training: TrainingConfig) -> torch.op
         ("head", model.head, training.learning_rate),
         ("encoder", model.backbone, training.encoder_learning_rate),
     ):
-        trainable = [p for p in module.parameters() if p.requires_grad]
+        trainable = [p for p in module.parameters() if p.requires_grad] if module is not None else []
         if not trainable:
             continue
         groups.append({"name": name, "lr": lr, "weight_decay": training.weight_decay,
