@@ -102,10 +102,7 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
 
     cache_dir, location = Path(config.output.cache_dir), resolve_backbone(config.model.backbone)
     remembered = backbone_memo.recall(cache_dir, location) if uses_feature_cache(config) else None
-    keys, found = {}, {}
-    if remembered is not None:
-        keys = feature_keys(config, tokenized, remembered.sha256, precision, device)
-        found = lookup_all(cache_dir, keys)
+    keys, found = look_up_features(config, tokenized, remembered.sha256, precision, device) if remembered else ({}, {})
     all_cached = remembered is not None and all(features is not None for features, _, _ in found.values())
 
     backbone = None if all_cached and not dry_run else load_backbone(config.model.backbone)
@@ -119,8 +116,8 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
             backbone_memo.remember(cache_dir, location,
                                    backbone_memo.BackboneFingerprint(backbone_before.hashes, backbone_parameters))
             if remembered is None or remembered.tensor_hashes != backbone_before.hashes:
-                keys = feature_keys(config, tokenized, fingerprint_of(backbone_before.hashes), precision, device)
-                found = lookup_all(cache_dir, keys)
+                keys, found = look_up_features(config, tokenized, fingerprint_of(backbone_before.hashes), precision,
+                                               device)
 
     # Seeded after loading: the head starts the same whether or not the backbone was loaded.
     transformers.set_seed(config.seed)  # python, numpy and torch RNGs
@@ -133,12 +130,14 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
                        backbone_before, backbone_parameters, keys, found)
 
 
-def feature_keys(
+def look_up_features(
     config: Config, tokenized: dict[str, TokenizedSplit], backbone_sha256: str, precision: Precision,
     device: torch.device,
-) -> dict[str, dict[str, Any]]:
-    return {name: cache_key(split, config.model.backbone, backbone_sha256, config.model.pooling, precision, device)
+) -> tuple[dict[str, dict[str, Any]], Found]:
+    """Each split's cache key, and what the feature cache holds for it."""
+    keys = {name: cache_key(split, config.model.backbone, backbone_sha256, config.model.pooling, precision, device)
             for name, split in tokenized.items()}
+    return keys, lookup_all(Path(config.output.cache_dir), keys)
 
 
 def enable_activation_checkpointing(backbone: torch.nn.Module) -> None:

@@ -1,14 +1,19 @@
 """The frozen-feature cache: same results as running the backbone every step, reused when valid only."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from finetune_pipeline import artifacts, run_log
 from finetune_pipeline.run import run_training
-from tests.conftest import toy_rows, write_csv
+from tests.conftest import REPO_ROOT, toy_rows, write_csv
 
 
 def metrics_of(run_dir: Path) -> dict:
@@ -151,3 +156,74 @@ def test_a_cold_run_extracts_every_missing_split_in_one_pass(make_config):
     [extraction] = run_log.read_events(third / artifacts.TRAIN_LOG_FILE, "feature_extraction")
     assert extraction["examples"] == "16"
     assert sorted(cache_events(third).values()) == ["hit", "hit", "miss"]
+
+
+def setup_event(run_dir: Path) -> dict[str, str]:
+    return run_log.read_events(run_dir / artifacts.TRAIN_LOG_FILE, "setup")[0]
+
+
+def test_a_fully_cached_rerun_never_loads_the_backbone_and_gives_the_same_run(make_config, monkeypatch):
+    cold = run_training(make_config())
+    assert setup_event(cold)["backbone_loaded"] == "True"
+
+    def no_weights(backbone: str) -> None:
+        raise AssertionError("the backbone's weights were loaded")
+
+    monkeypatch.setattr("finetune_pipeline.run.load_backbone", no_weights)
+    warm = run_training(make_config())
+    assert setup_event(warm)["backbone_loaded"] == "False"
+    cold_metrics, warm_metrics = metrics_of(cold), metrics_of(warm)
+    for key in ("best_val_score", "best_epoch", "test_score", "test_metrics", "backbone_sha256", "parameters"):
+        assert warm_metrics[key] == cold_metrics[key], key
+    assert [epoch["train_loss"] for epoch in warm_metrics["history"]] == \
+        [epoch["train_loss"] for epoch in cold_metrics["history"]]
+    proof = json.loads((warm / artifacts.FREEZE_PROOF_FILE).read_text())
+    assert proof["backbone_changed"] is False and proof["consistent_with_config"] is True
+    assert proof["backbone_tensors"] == {} and "not loaded" in proof["backbone_checked"]
+    cold_proof = json.loads((cold / artifacts.FREEZE_PROOF_FILE).read_text())
+    assert proof["summary"]["backbone_tensors_total"] == cold_proof["summary"]["backbone_tensors_total"]
+    # the head-only checkpoint of a warm run loads with the backbone from disk, which checks its fingerprint
+    monkeypatch.undo()
+    assert artifacts.load_run(warm).model.backbone is not None
+
+
+def test_a_rewritten_weight_file_is_hashed_again(make_config, tiny_backbone_dir, tmp_path):
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_backbone_dir, backbone)
+    config = make_config(model={"backbone": str(backbone)})
+    run_training(config)
+    weights = next(backbone.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # same weights, new modification time: the memo must not trust it
+    same_weights = run_training(config)
+    assert setup_event(same_weights)["backbone_loaded"] == "True"
+    assert set(cache_events(same_weights).values()) == {"hit"}  # same tensors, same fingerprint, same features
+    assert setup_event(run_training(config))["backbone_loaded"] == "False"
+
+    state = load_file(weights)
+    save_file({name: tensor + 0.5 if tensor.is_floating_point() else tensor for name, tensor in state.items()},
+              weights, metadata={"format": "pt"})
+    other_weights = run_training(config)
+    assert setup_event(other_weights)["backbone_loaded"] == "True"
+    assert set(cache_events(other_weights).values()) == {"miss"}
+
+
+def test_the_memo_covers_local_folders_only(tiny_backbone_dir):
+    from finetune_pipeline.backbone_memo import weight_files_signature
+
+    assert weight_files_signature("sentence-transformers/all-MiniLM-L6-v2") is None
+    signature = weight_files_signature(str(tiny_backbone_dir))
+    assert signature is not None and any(str(tiny_backbone_dir.resolve()) in str(part) for part in signature)
+
+
+def test_a_fully_cached_rerun_does_not_import_the_model_code(make_config, tmp_path):
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(make_config().to_plain()))
+    script = ("import sys; from finetune_pipeline.config import load_config; from finetune_pipeline.run import "
+              f"run_training; run_training(load_config({str(config_path)!r})); "
+              "print('model code imported:', 'transformers.modeling_utils' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    cold, warm = (subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+                  for _ in range(2))
+    assert cold.returncode == 0 and warm.returncode == 0, cold.stderr + warm.stderr
+    assert "model code imported: True" in cold.stdout
+    assert "model code imported: False" in warm.stdout
