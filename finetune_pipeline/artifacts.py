@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.config import Config, config_from_dict
 from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.faults import fault_point
 from finetune_pipeline.freeze_proof import fingerprint_of, tensor_hashes
 from finetune_pipeline.model import TextClassifier, build_model
 
@@ -66,6 +67,7 @@ def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        fault_point("write")
         os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:

@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", "train as a JSON config says; writes a run folder",
                     "  finetune train --config finetune_pipeline/configs/train_config_exp1.json\n"
                     "  finetune train --set training.batch_size=4 --set data.max_length=384\n"
-                    "  finetune train --config my.json --dry-run")
+                    "  finetune train --config my.json --dry-run\n"
+                    "  finetune train --resume finetune_pipeline/artifacts/20261126-101500\n"
+                    "  finetune train --resume                # the newest unfinished run")
     add_train_arguments(train)
 
     prepare = command("prepare-data", "prepare the default dataset (Rotten Tomatoes)", "  finetune prepare-data")
@@ -97,6 +99,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="check everything and try the heaviest step for memory, print the plan, train nothing")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+                        help="continue an interrupted or crashed run from its newest checkpoint, in its own folder "
+                             "(no RUN_DIR: the newest unfinished run under the config's artifacts_root)")
+    parser.add_argument("--force", action="store_true",
+                        help="with --resume: resume even though the code changed since the run started")
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +125,7 @@ def parse_seeds(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands: dict[str, Callable[[], int | None]] = {
-        "train": lambda: train_command(args.config, args.overrides, args.dry_run),
+        "train": lambda: train_command(args.config, args.overrides, args.dry_run, args.resume, args.force),
         "prepare-data": lambda: prepare_data_command(args.output_dir, args.force),
         "new-experiment": lambda: new_experiment_command(args.name, args.source, args.overrides),
         "sweep": lambda: sweep_command(args.sweep, args.seeds, args.overrides),
@@ -131,14 +138,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # The heavy imports (torch, transformers) happen inside the commands, so that `--help` answers at once.
-def train_command(config_path: str, assignments: list[str], dry_run: bool) -> None:
+def train_command(config_path: str, assignments: list[str], dry_run: bool, resume: str | None = None,
+                  force: bool = False) -> None:
     from finetune_pipeline.config import load_config, parse_overrides
+    from finetune_pipeline.resume import newest_unfinished_run
     from finetune_pipeline.run import dry_run as plan_run
-    from finetune_pipeline.run import run_training
+    from finetune_pipeline.run import resume_training, run_training
     from finetune_pipeline.run_log import configure_console_logging
 
     configure_console_logging()
     overrides = parse_overrides(assignments)
+    if resume is not None:
+        if overrides or dry_run:
+            raise UserInputError("--resume continues a run with the config it started with: drop --set and --dry-run")
+        if force and not resume:
+            raise UserInputError("--force needs the run folder named: --resume RUN_DIR --force")
+        run_dir = Path(resume) if resume else newest_unfinished_run(Path(load_config(config_path).output.artifacts_root))
+        print(f"run folder: {resume_training(run_dir, force)}")
+        return
+    if force:
+        raise UserInputError("--force goes with --resume RUN_DIR")
     config = load_config(config_path, overrides)
     if dry_run:
         plan = plan_run(config)
@@ -266,9 +285,10 @@ def run_command(command: Callable[[], int | None]) -> int:
         if err.run_dir is not None:
             print(f"what the run wrote is in {err.run_dir}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C): every file written so far is complete", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interruption:
+        print(f"interrupted ({interruption or 'SIGINT'}): every file written so far is complete; a run folder "
+              "can be continued with `finetune train --resume RUN_DIR`", file=sys.stderr)
+        return getattr(interruption, "exit_code", EXIT_INTERRUPTED)
 
 
 def train_script_main() -> int:
@@ -276,7 +296,7 @@ def train_script_main() -> int:
     parser = argparse.ArgumentParser(prog="train.py", description="Train as a JSON config says.")
     add_train_arguments(parser)
     args = parser.parse_args()
-    return run_command(lambda: train_command(args.config, args.overrides, args.dry_run))
+    return run_command(lambda: train_command(args.config, args.overrides, args.dry_run, args.resume, args.force))
 
 
 if __name__ == "__main__":

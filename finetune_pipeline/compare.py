@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from finetune_pipeline import run_lock
 from finetune_pipeline.artifacts import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE, read_json_object, write_atomically
 from finetune_pipeline.config import changed_values, flatten
 from finetune_pipeline.errors import UserInputError
@@ -288,7 +289,7 @@ def summarize(record: RunRecord, reference: RunRecord) -> RunRow:
     return RunRow(
         label=run_label(record, seed),
         run_dir=record.run_dir,
-        status=metrics.get("status", "unknown"),
+        status=run_lock.run_status(Path(record.run_dir), metrics),
         best_val_score=metrics.get("best_val_score"),
         test_score=metrics.get("test_score"),
         best_epoch=metrics.get("best_epoch"),

@@ -86,6 +86,8 @@ class TrainingConfig(StrictModel):
 class OutputConfig(StrictModel):
     artifacts_root: str = "finetune_pipeline/artifacts"
     cache_dir: str = "finetune_pipeline/cache"
+    # resume.pt every this many optimizer steps (and at each epoch's end); null: at epoch ends only
+    checkpoint_every_steps: int | None = Field(200, ge=1)
 
 
 class Config(StrictModel):

@@ -22,6 +22,7 @@ from finetune_pipeline.artifacts import load_checkpoint, save_torch
 from finetune_pipeline.batching import TokenizedSplit, concatenate, evaluation_batches
 from finetune_pipeline.device import Precision, autocast
 from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.faults import fault_point
 from finetune_pipeline.freeze_proof import tensor_sha256
 from finetune_pipeline.model import TextClassifier
 from finetune_pipeline.run_log import log_event
@@ -75,6 +76,7 @@ def extract_features(
         with autocast(device, precision):
             pooled = model.features(batch.input_ids, batch.attention_mask)  # (batch, hidden)
         features[indices] = pooled.float().cpu()
+        fault_point("extraction")
     return features
 
 

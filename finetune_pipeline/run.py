@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import transformers
 
-from finetune_pipeline import artifacts, backbone_memo
+from finetune_pipeline import artifacts, backbone_memo, run_lock
 from finetune_pipeline.batching import TokenizedSplit, length_statistics, tokenize_split
 from finetune_pipeline.config import Config
 from finetune_pipeline.data import Splits, load_splits
@@ -30,6 +30,7 @@ from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.evaluation import evaluate
 from finetune_pipeline.feature_cache import Found, FeatureSplit, cache_key, extract_features, extract_missing, lookup_all
 from finetune_pipeline.freeze_proof import Snapshot, build_freeze_proof, fingerprint_of, snapshot
+from finetune_pipeline.interruption import stop_signals_handled
 from finetune_pipeline.memory_check import check_fits, is_out_of_memory, out_of_memory, run_preflight
 from finetune_pipeline.model import (
     TextClassifier,
@@ -41,6 +42,7 @@ from finetune_pipeline.model import (
 )
 from finetune_pipeline.provenance import code_version, data_fingerprints
 from finetune_pipeline.report import write_run_report
+from finetune_pipeline.resume import RESUME_FILE, check_resumable, save_resume_checkpoint
 from finetune_pipeline.tensorboard_log import TensorBoardHandler, open_tensorboard
 from finetune_pipeline.run_log import RunLogging, log_event
 from finetune_pipeline.training import TrainingOutcome, optimizer_steps_per_epoch, train_model
@@ -184,20 +186,56 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
     started = time.perf_counter()
     reset_peak_process_memory()
     prepared = prepare_run(config)
-    model, device, precision, splits = prepared.model, prepared.device, prepared.precision, prepared.splits
-
     run_dir = artifacts.create_run_dir(config.output.artifacts_root)
     artifacts.write_json(run_dir / artifacts.CONFIG_FILE, config.to_plain())
+    return execute_run(prepared, run_dir, initial_metrics(prepared) | (origin or {}), started)
+
+
+def resume_training(run_dir: Path, force: bool = False) -> Path:
+    """Continue an interrupted or crashed run from its resume checkpoint, in its own folder."""
+    config, metrics, checkpoint = check_resumable(run_dir, force)
+    started = time.perf_counter() - metrics.get("wall_time_s", 0.0)  # wall_time_s counts every session's time
+    reset_peak_process_memory()
+    prepared = prepare_run(config)
+    metrics["resumed_from_steps"] = [*metrics.get("resumed_from_steps", []), checkpoint["step"] if checkpoint else 0]
+    if checkpoint is None:
+        metrics |= initial_metrics(prepared)  # nothing to continue from: the run starts over
+    return execute_run(prepared, run_dir, metrics, started, checkpoint)
+
+
+def execute_run(
+    prepared: PreparedRun, run_dir: Path, metrics: dict[str, Any], started: float,
+    resume_checkpoint: dict[str, Any] | None = None,
+) -> Path:
+    """Train, test and write everything into run_dir, whatever happens; resume_checkpoint continues a run."""
+    config, model, device, precision, splits = (prepared.config, prepared.model, prepared.device, prepared.precision,
+                                                prepared.splits)
     tensorboard = open_tensorboard(run_dir)  # None without the optional tensorboard package
-    with RunLogging(run_dir / artifacts.TRAIN_LOG_FILE, *filter(None, [tensorboard])):
-        metrics = initial_metrics(prepared) | (origin or {})
-        log_run_start(prepared, run_dir, metrics)
+    outcome = TrainingOutcome()
+    with RunLogging(run_dir / artifacts.TRAIN_LOG_FILE, *filter(None, [tensorboard])), stop_signals_handled():
+        run_lock.acquire(run_dir)
+        metrics["status"] = "running"
+        if resume_checkpoint is None:
+            log_run_start(prepared, run_dir, metrics)
+        if "resumed_from_steps" in metrics:
+            log_event("resume", step=metrics["resumed_from_steps"][-1], checkpoint=run_dir / RESUME_FILE
+                      if resume_checkpoint else "none yet: starting over")
         artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
 
         def record_epoch(outcome: TrainingOutcome) -> None:
             metrics.update(progress_metrics(outcome))
             metrics["wall_time_s"] = time.perf_counter() - started
             artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
+
+        def save_model(file_name: str, epoch: int, step: int) -> None:
+            payload = artifacts.checkpoint_payload(model, splits.label_names, config, epoch, step,
+                                                   prepared.backbone_sha256)
+            artifacts.save_torch(run_dir / file_name, payload)
+
+        def save_state(state: dict[str, Any]) -> None:
+            model_payload = artifacts.checkpoint_payload(model, splits.label_names, config, state["epoch"],
+                                                         state["step"], prepared.backbone_sha256)
+            save_resume_checkpoint(run_dir, {**state, "model": model_payload})
 
         try:
             if not prepared.uses_feature_cache:
@@ -209,24 +247,21 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
                 log_event("preflight", **metrics["preflight"])
                 check_fits(preflight, config)
 
-            head_before = snapshot(model.head)
-            backbone_sha256 = prepared.backbone_sha256
-            metrics["backbone_sha256"] = backbone_sha256
+            head_before = snapshot(model.head)  # the seeded initial head, also when resuming
+            metrics["backbone_sha256"] = prepared.backbone_sha256
             if prepared.uses_feature_cache:
                 inputs = cached_feature_splits(prepared)
                 metrics["feature_cache"] = {name: split_status for name, (_, split_status) in inputs.items()}
                 train_split, val_split, test_split = (inputs[name][0] for name in SPLIT_NAMES)
             else:
                 train_split, val_split, test_split = (prepared.tokenized[name] for name in SPLIT_NAMES)
+            if resume_checkpoint is not None:
+                artifacts.restore_weights(model, resume_checkpoint["model"], run_dir / RESUME_FILE)
 
-            def save_model(file_name: str, epoch: int, step: int) -> None:
-                payload = artifacts.checkpoint_payload(model, splits.label_names, config, epoch, step, backbone_sha256)
-                artifacts.save_torch(run_dir / file_name, payload)
-
-            outcome = train_model(
-                model, train_split, val_split, splits.label_names, config, device, precision,
+            train_model(
+                model, train_split, val_split, splits.label_names, config, device, precision, outcome,
                 on_new_best=lambda epoch, step: save_model(artifacts.BEST_MODEL_FILE, epoch, step),
-                on_epoch_end=record_epoch,
+                on_epoch_end=record_epoch, save_state=save_state, resume_from=resume_checkpoint,
             )
             save_model(artifacts.FINAL_MODEL_FILE, outcome.history[-1].epoch, outcome.steps)
             proof = build_freeze_proof(prepared.backbone_before, head_before, model.backbone, model.head,
@@ -250,13 +285,19 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
             )
             log_event("test", best_epoch=outcome.best_epoch, test_score=metrics["test_score"],
                       test_accuracy=test_metrics["accuracy"], test_macro_f1=test_metrics["macro_f1"])
+            (run_dir / RESUME_FILE).unlink(missing_ok=True)  # a completed run cannot be resumed
         except BaseException as error:
             if is_out_of_memory(error):
                 error = out_of_memory(config, "during training", str(error).splitlines()[0])
             interrupted = isinstance(error, KeyboardInterrupt)
             metrics["status"] = "interrupted" if interrupted else "failed"
+            metrics["optimizer_steps"] = outcome.steps  # the epochs' figures are in since each epoch's end
             if interrupted:
-                log_event("interrupted", level=logging.WARNING, message="stopped by Ctrl-C; files written so far are complete")
+                if outcome.steps > 0:  # signals wait for a step to complete: these are its weights
+                    save_model(artifacts.FINAL_MODEL_FILE, len(outcome.history) + 1, outcome.steps)
+                log_event("interrupted", level=logging.WARNING, signal=str(error) or "SIGINT", step=outcome.steps,
+                          message="stopped; files written so far are complete. Continue with: finetune train "
+                                  f"--resume {run_dir}")
             else:
                 metrics["error"] = f"{type(error).__name__}: {error}"
                 log_event("failed", level=logging.ERROR, error=metrics["error"])
@@ -267,6 +308,7 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
             metrics["wall_time_s"] = time.perf_counter() - started
             metrics["peak_memory_mb"] = peak_memory_mb(device)
             artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
+            run_lock.release(run_dir)
             write_summaries(run_dir, config, metrics, tensorboard)
         log_event("done", run_dir=run_dir, wall_time_s=metrics["wall_time_s"],
                   **{f"peak_{kind}_mb": value for kind, value in metrics["peak_memory_mb"].items()})

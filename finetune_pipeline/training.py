@@ -7,7 +7,7 @@ always counts optimizer steps, `batch_idx` counts micro-batches within an epoch.
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -20,8 +20,11 @@ from finetune_pipeline.batching import TokenizedSplit, training_batches
 from finetune_pipeline.device import Precision, autocast, memory_reading
 from finetune_pipeline.errors import TrainingDiverged
 from finetune_pipeline.evaluation import evaluate
+from finetune_pipeline.faults import fault_point
 from finetune_pipeline.feature_cache import FeatureSplit
+from finetune_pipeline.interruption import signals_deferred
 from finetune_pipeline.model import TextClassifier
+from finetune_pipeline.resume import restore_rng_states, rng_states
 from finetune_pipeline.run_log import log_event
 
 
@@ -44,6 +47,14 @@ class TrainingOutcome:
     best_val_metrics: dict[str, Any] = field(default_factory=dict)
     steps: int = 0
     stopped_early: bool = False
+    epochs_without_improvement: int = 0
+
+    def as_plain(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> "TrainingOutcome":
+        return cls(**{**plain, "history": [EpochRecord(**record) for record in plain["history"]]})
 
 
 def build_optimizer(model: TextClassifier, training: TrainingConfig) -> torch.optim.AdamW:
@@ -101,10 +112,15 @@ def train_model(
     config: Config,
     device: torch.device,
     precision: Precision,
+    outcome: TrainingOutcome,
     on_new_best: Callable[[int, int], None],
     on_epoch_end: Callable[[TrainingOutcome], None],
+    save_state: Callable[[dict[str, Any]], None],
+    resume_from: dict[str, Any] | None = None,
 ) -> TrainingOutcome:
-    """Train for config.training.epochs; on_new_best(epoch, step) saves the best model so far."""
+    """Train for config.training.epochs, filling in outcome as it goes (after an interruption it says how far
+    training got). on_new_best(epoch, step) saves the best model so far; save_state(state) writes a resume
+    checkpoint (see resume.py); resume_from is such a state, to continue from."""
     training = config.training
     micro_batch_size, accumulation = micro_batching(train, training)
     if accumulation != training.gradient_accumulation_steps:
@@ -112,6 +128,7 @@ def train_model(
                   reason="cached features: a whole optimizer step fits in one pass, so accumulation saves nothing")
     steps_per_epoch = optimizer_steps_per_epoch(len(train), training)
     total_steps = steps_per_epoch * training.epochs
+    checkpoint_every = config.output.checkpoint_every_steps
 
     optimizer = build_optimizer(model, training)
     scheduler = get_scheduler(
@@ -124,21 +141,41 @@ def train_model(
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     trainable_parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
-    outcome = TrainingOutcome()
-    epochs_without_improvement = 0
-    step = 0
-    for epoch in tqdm(range(1, training.epochs + 1), desc="epochs", unit="epoch", disable=None):
+    # Where training starts: the first micro-batch of epoch 1, or where the resume checkpoint was taken.
+    start_epoch, start_batch, running = 1, 0, new_running_sums()
+    if resume_from is not None:
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        scaler.load_state_dict(resume_from["scaler"])
+        vars(outcome).update(vars(TrainingOutcome.from_plain(resume_from["outcome"])))
+        start_epoch, start_batch, running = resume_from["epoch"], resume_from["next_batch"], resume_from["running"]
+        restore_rng_states(resume_from["rng"])  # last: everything above may draw random numbers
+        log_event("resumed_at", epoch=start_epoch, step=resume_from["step"], micro_batch=start_batch)
+    step = outcome.steps
+
+    def training_state(epoch: int, next_batch: int) -> dict[str, Any]:
+        """Everything the next micro-batch depends on, besides the model's weights (the caller adds them)."""
+        return {"epoch": epoch, "next_batch": next_batch, "step": step, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(),
+                "outcome": outcome.as_plain(), "running": {**running, "window_loss_sum": window_loss_sum.item()}}
+
+    first_epoch = start_epoch if not outcome.stopped_early else training.epochs + 1
+    for epoch in tqdm(range(first_epoch, training.epochs + 1), desc="epochs", unit="epoch", disable=None):
         model.train()
         epoch_start = time.perf_counter()
         batches = training_batches(train.lengths, micro_batch_size, accumulation, config.seed, epoch,
                                    training.group_by_length)
-        epoch_loss_sum, epoch_examples = 0.0, 0
-        window_loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
-        window_examples, window_start_time = 0, time.perf_counter()
-        progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{training.epochs}", unit="step",
-                        leave=False, disable=None)
+        first_batch = start_batch if epoch == start_epoch else 0
+        if first_batch == 0:
+            running = new_running_sums()
+        # summed on the device: no sync per micro-batch
+        window_loss_sum = torch.tensor(running["window_loss_sum"], device=device)
+        window_start_time = time.perf_counter()
+        progress = tqdm(total=steps_per_epoch, initial=first_batch // accumulation, desc=f"epoch {epoch}/{training.epochs}",
+                        unit="step", leave=False, disable=None)
 
-        for batch_idx, indices in enumerate(batches):
+        for batch_idx in range(first_batch, len(batches)):
+            indices = batches[batch_idx]
             # The optimizer step this micro-batch belongs to, and how many examples that step sees.
             # The last window of an epoch may be shorter: its examples still weigh 1/(its size).
             window_first = batch_idx - batch_idx % accumulation
@@ -153,7 +190,8 @@ def train_model(
             # compute exactly the gradient of batch 8 x accumulation 1.
             scaler.scale(loss_sum / examples_in_step).backward()
             window_loss_sum += loss_sum.detach()
-            window_examples += len(indices)
+            running["window_examples"] += len(indices)
+            fault_point("micro_batch")
 
             is_last_micro_batch = (batch_idx + 1) % accumulation == 0 or batch_idx + 1 == len(batches)
             if not is_last_micro_batch:
@@ -161,62 +199,78 @@ def train_model(
             # Once NaN or inf, the window's sum stays so: one check per optimizer step finds the first bad
             # step before its update reaches the weights (the best checkpoint so far stays usable).
             if not torch.isfinite(window_loss_sum):
-                log_event("step", epoch=epoch, step=step + 1, loss=window_loss_sum.item() / window_examples)
+                log_event("step", epoch=epoch, step=step + 1,
+                          loss=window_loss_sum.item() / running["window_examples"])
                 raise diverged(training, epoch, step + 1, precision)
-            # The optimizer step, in the order that keeps fp16 correct:
-            # unscale -> clip -> step -> update the scale -> zero the gradients -> next learning rate.
-            if training.max_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable_parameters, training.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            progress.update(1)
+            with signals_deferred():  # a Ctrl-C waits for the step to complete: the weights are never half-updated
+                # The optimizer step, in the order that keeps fp16 correct:
+                # unscale -> clip -> step -> update the scale -> zero the gradients -> next learning rate.
+                if training.max_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable_parameters, training.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                outcome.steps = step
+                progress.update(1)
 
-            if step % training.log_every_steps == 0 or batch_idx + 1 == len(batches):
-                window_loss = window_loss_sum.item() / window_examples  # mean per example since the last line
-                elapsed = time.perf_counter() - window_start_time
-                memory_key, memory_mb = memory_reading(device)
-                log_event(
-                    "step", epoch=epoch, step=step, loss=window_loss,
-                    lr_head=current_lr(optimizer, "head"), lr_encoder=current_lr(optimizer, "encoder"),
-                    samples_per_s=window_examples / elapsed, **{memory_key: memory_mb},
-                )
-                progress.set_postfix(loss=f"{window_loss:.4f}")
-                epoch_loss_sum += window_loss_sum.item()
-                epoch_examples += window_examples
-                window_loss_sum.zero_()
-                window_examples, window_start_time = 0, time.perf_counter()
+                if step % training.log_every_steps == 0 or batch_idx + 1 == len(batches):
+                    window_examples = running["window_examples"]
+                    window_loss = window_loss_sum.item() / window_examples  # mean per example since the last line
+                    elapsed = time.perf_counter() - window_start_time
+                    memory_key, memory_mb = memory_reading(device)
+                    log_event(
+                        "step", epoch=epoch, step=step, loss=window_loss,
+                        lr_head=current_lr(optimizer, "head"), lr_encoder=current_lr(optimizer, "encoder"),
+                        samples_per_s=window_examples / elapsed, **{memory_key: memory_mb},
+                    )
+                    progress.set_postfix(loss=f"{window_loss:.4f}")
+                    running["epoch_loss_sum"] += window_loss_sum.item()
+                    running["epoch_examples"] += window_examples
+                    window_loss_sum.zero_()
+                    running["window_examples"], window_start_time = 0, time.perf_counter()
+                if checkpoint_every is not None and step % checkpoint_every == 0 and batch_idx + 1 < len(batches):
+                    save_state(training_state(epoch, batch_idx + 1))
+            fault_point("step")
         progress.close()
         train_time = time.perf_counter() - epoch_start
 
         val_metrics = evaluate(model, val, label_names, training.eval_batch_size, device, precision)
         val_score = val_metrics[training.metric]
-        record = EpochRecord(epoch, epoch_loss_sum / epoch_examples, val_metrics, val_score,
+        fault_point("epoch_end")
+        record = EpochRecord(epoch, running["epoch_loss_sum"] / running["epoch_examples"], val_metrics, val_score,
                              time.perf_counter() - epoch_start, train_time, step)
         outcome.history.append(record)
-        outcome.steps = step
         improved = val_score > outcome.best_val_score
         if improved:
             outcome.best_epoch, outcome.best_val_score, outcome.best_val_metrics = epoch, val_score, val_metrics
             on_new_best(epoch, step)
-            epochs_without_improvement = 0
+            outcome.epochs_without_improvement = 0
         else:
-            epochs_without_improvement += 1
+            outcome.epochs_without_improvement += 1
         log_event(
             "epoch", epoch=epoch, step=step, train_loss=record.train_loss, val_accuracy=val_metrics["accuracy"],
             val_macro_f1=val_metrics["macro_f1"], val_score=val_score, best=improved, epoch_time_s=record.time_s,
         )
         patience = training.early_stopping_patience
-        outcome.stopped_early = patience is not None and epochs_without_improvement >= patience
+        outcome.stopped_early = patience is not None and outcome.epochs_without_improvement >= patience
         if outcome.stopped_early:
             log_event("early_stop", epoch=epoch, patience=patience, best_epoch=outcome.best_epoch)
         on_epoch_end(outcome)
+        running = new_running_sums()
+        window_loss_sum = torch.zeros((), device=device)
+        with signals_deferred():
+            save_state(training_state(epoch + 1, 0))
         if outcome.stopped_early:
             break
     return outcome
+
+
+def new_running_sums() -> dict[str, Any]:
+    """The loss sums of an epoch so far, and of the current log window (what the log lines average)."""
+    return {"epoch_loss_sum": 0.0, "epoch_examples": 0, "window_loss_sum": 0.0, "window_examples": 0}
 
 
 def diverged(training: TrainingConfig, epoch: int, step: int, precision: Precision) -> TrainingDiverged:

@@ -1,0 +1,103 @@
+"""Resuming a run exactly where it stopped.
+
+Every output.checkpoint_every_steps optimizer steps, and at the end of each epoch, a run replaces its
+resume.pt with everything the next step depends on: the weights that train, AdamW's moments, the
+learning-rate schedule, the loss scaler, every random generator, the position in the epoch's batch
+order (a pure function of the seed and the epoch, see batching.training_batches), the best score so far
+and the running loss sums. Training is a deterministic function of that state and the data, so
+`finetune train --resume RUN_DIR` continues bit for bit where the checkpoint was taken (on a CPU;
+tested). Only the newest checkpoint is kept, and a completed run deletes it.
+
+A resumed run must be the same run: the config, the data files and the code are checked against what
+the run recorded when it started.
+"""
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_pipeline import artifacts, run_lock
+from finetune_pipeline.config import Config, config_from_dict
+from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.provenance import code_version, data_fingerprints
+
+RESUME_FILE = "resume.pt"
+RESUME_FORMAT_VERSION = 1
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random generator a run touches, as tensors and plain types (weights_only can read them)."""
+    version, mt_state, gauss_next = random.getstate()
+    _, numpy_keys, numpy_position, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    return {
+        "python": [version, list(mt_state), gauss_next],
+        "numpy": [torch.from_numpy(numpy_keys.astype(np.int64)), numpy_position, numpy_has_gauss, numpy_gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    version, mt_state, gauss_next = states["python"]
+    random.setstate((version, tuple(mt_state), gauss_next))
+    numpy_keys, numpy_position, numpy_has_gauss, numpy_gauss = states["numpy"]
+    np.random.set_state(("MT19937", numpy_keys.numpy().astype(np.uint32), numpy_position, numpy_has_gauss,
+                         numpy_gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_resume_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    artifacts.save_torch(run_dir / RESUME_FILE, {"format_version": RESUME_FORMAT_VERSION, **state})
+
+
+def newest_unfinished_run(artifacts_root: Path) -> Path:
+    """For `--resume` without a folder: the newest run folder that did not complete."""
+    candidates = sorted((path.parent for path in artifacts_root.glob(f"*/{artifacts.METRICS_FILE}")),
+                        key=lambda path: path.name, reverse=True)
+    for run_dir in candidates:
+        if run_lock.run_status(run_dir) in ("interrupted", "crashed", "failed"):
+            return run_dir
+    raise UserInputError(f"--resume: no unfinished run in {artifacts_root}; name the run folder to resume")
+
+
+def check_resumable(run_dir: Path, force: bool) -> tuple[Config, dict[str, Any], dict[str, Any] | None]:
+    """(config, metrics so far, resume checkpoint or None if there is none yet) of a run that may be resumed;
+    refuses one that may not."""
+    where = f"--resume {run_dir}"
+    if not (run_dir / artifacts.METRICS_FILE).is_file():
+        raise UserInputError(f"{where}: not a run folder (no {artifacts.METRICS_FILE})")
+    status = run_lock.run_status(run_dir)
+    if status == "completed":
+        raise UserInputError(f"{where}: this run completed; there is nothing to resume. Start a new run instead")
+    if status == "running":
+        raise UserInputError(f"{where}: this run is still running ({run_lock.describe_lock(run_dir)}); "
+                             "stop it first (Ctrl-C), then resume it")
+    try:
+        metrics = artifacts.read_json_object(run_dir / artifacts.METRICS_FILE)
+        plain_config = artifacts.read_json_object(run_dir / artifacts.CONFIG_FILE)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"{where}: cannot read the run's files ({err})") from None
+    config = config_from_dict(plain_config, source=str(run_dir / artifacts.CONFIG_FILE))
+    if config.fingerprint() != metrics.get("config_hash"):
+        raise UserInputError(f"{where}: {artifacts.CONFIG_FILE} was changed after the run started (its hash no "
+                             "longer matches metrics.json); a changed config is a new run: start one")
+    if data_fingerprints(config.data) != metrics.get("data_files"):
+        raise UserInputError(f"{where}: the data files changed since the run started (sha256 differs from "
+                             "metrics.json data_files); resuming would mix two datasets: start a new run")
+    recorded, current = metrics.get("code_version") or {}, code_version()
+    if recorded.get("source_sha256") != current["source_sha256"] and not force:
+        raise UserInputError(f"{where}: the code changed since the run started (source sha256 "
+                             f"{str(recorded.get('source_sha256'))[:12]} then, {current['source_sha256'][:12]} now), "
+                             "so the result would not be exactly one run; add --force to resume anyway")
+    checkpoint_path = run_dir / RESUME_FILE
+    if not checkpoint_path.is_file():
+        return config, metrics, None  # stopped before its first checkpoint: it starts over, in its own folder
+    checkpoint = artifacts.load_checkpoint(checkpoint_path)
+    if checkpoint.get("format_version") != RESUME_FORMAT_VERSION:
+        raise UserInputError(f"{checkpoint_path}: written by another version of this package; start the run again")
+    return config, metrics, checkpoint
