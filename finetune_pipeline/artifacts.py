@@ -75,6 +75,13 @@ def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """A process killed with SIGKILL in the middle of write_atomically leaves its temporary file behind (the
+    target file itself is untouched): whoever takes the folder over next removes them."""
+    for temporary in folder.glob(".*.tmp"):
+        temporary.unlink(missing_ok=True)
+
+
 def write_json(path: Path, payload: Any) -> None:
     text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     write_atomically(path, lambda file: file.write(text.encode("utf-8")))

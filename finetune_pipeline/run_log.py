@@ -74,7 +74,10 @@ class RunLogging:
 
 def configure_console_logging() -> None:
     """Console output for the CLI: the message only, warnings marked as such."""
+    for previous in [handler for handler in logger.handlers if handler.get_name() == "console"]:
+        logger.removeHandler(previous)  # called again in one process (tests, notebooks): one console, today's
     handler = logging.StreamHandler()
+    handler.set_name("console")
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -90,3 +90,14 @@ def make_config(tmp_path: Path, tiny_backbone_dir: Path, toy_data: dict[str, str
         return config_from_dict(deep_merge(base, overrides))
 
     return build
+
+
+@pytest.fixture(autouse=True)
+def no_console_handler_left_behind():
+    """cli.main() adds a console handler bound to this test's captured stderr, which closes when the test ends;
+    a later test logging through it would print a logging error instead."""
+    yield
+    from finetune_pipeline.run_log import logger
+
+    for handler in [handler for handler in logger.handlers if handler.get_name() == "console"]:
+        logger.removeHandler(handler)
