@@ -8,6 +8,7 @@ new one, never half of one.
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,27 @@ CHECKPOINT_FORMAT_VERSION = 1
 # mkstemp creates files readable by the owner only; finished artifacts get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def expected_artifact_bytes(model: TextClassifier, backbone_included: bool) -> int:
+    """About what a run writes at most: best and final checkpoints, the resume checkpoint (weights and AdamW's
+    two moments per trained parameter) and its temporary copy while it is replaced, in float32."""
+    saved = model if backbone_included else model.head
+    checkpoint = 4 * sum(tensor.numel() for tensor in saved.state_dict().values())
+    resume = checkpoint + 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 2 * checkpoint + 2 * resume + 4 * 2**20  # + logs, plots and the report
+
+
+def check_free_space(root: str | Path, needed_bytes: int) -> None:
+    """Fail before training, not at the first checkpoint an hour later."""
+    existing = next((folder for folder in (Path(root), *Path(root).absolute().parents) if folder.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise UserInputError(
+            f"output.artifacts_root '{root}': {free / 2**20:,.0f} MiB free on its disk, and this run writes up to "
+            f"about {needed_bytes / 2**20:,.0f} MiB of checkpoints; free some space (old run folders in it can go) "
+            "or point output.artifacts_root at another disk"
+        )
 
 
 def create_run_dir(root: str | Path, suffix: str = "") -> Path:

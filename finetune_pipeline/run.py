@@ -186,6 +186,8 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
     started = time.perf_counter()
     reset_peak_process_memory()
     prepared = prepare_run(config)
+    artifacts.check_free_space(config.output.artifacts_root, artifacts.expected_artifact_bytes(
+        prepared.model, backbone_included=not config.training.freeze_backbone))
     run_dir = artifacts.create_run_dir(config.output.artifacts_root)
     artifacts.write_json(run_dir / artifacts.CONFIG_FILE, config.to_plain())
     return execute_run(prepared, run_dir, initial_metrics(prepared) | (origin or {}), started)

@@ -1,0 +1,209 @@
+"""Bad input, swept: each malformed config or dataset exits 2 with a message that names the problem and the fix,
+prints no traceback, and leaves no artifact (every check runs before the run folder exists)."""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_pipeline import cli
+from finetune_pipeline.errors import EXIT_BAD_INPUT
+from tests.conftest import deep_merge, toy_rows
+
+# (case, change to the working config, what the message must contain)
+BAD_CONFIGS: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("seed of the wrong type", {"seed": "abc"}, ["seed"]),
+    ("negative seed", {"seed": -1}, ["seed"]),
+    ("zero epochs", {"training": {"epochs": 0}}, ["training.epochs"]),
+    ("negative epochs", {"training": {"epochs": -3}}, ["training.epochs"]),
+    ("fractional epochs", {"training": {"epochs": 2.5}}, ["training.epochs"]),
+    ("zero batch size", {"training": {"batch_size": 0}}, ["training.batch_size"]),
+    ("batch size as a word", {"training": {"batch_size": "eight"}}, ["training.batch_size"]),
+    ("zero accumulation", {"training": {"gradient_accumulation_steps": 0}}, ["training.gradient_accumulation_steps"]),
+    ("negative eval batch", {"training": {"eval_batch_size": -1}}, ["training.eval_batch_size"]),
+    ("zero learning rate", {"training": {"learning_rate": 0}}, ["training.learning_rate"]),
+    ("negative learning rate", {"training": {"learning_rate": -0.001}}, ["training.learning_rate"]),
+    ("learning rate above 1", {"training": {"learning_rate": 5}}, ["training.learning_rate"]),
+    ("zero encoder learning rate", {"training": {"encoder_learning_rate": 0}}, ["training.encoder_learning_rate"]),
+    ("negative weight decay", {"training": {"weight_decay": -0.1}}, ["training.weight_decay"]),
+    ("warmup ratio of 1", {"training": {"warmup_ratio": 1.0}}, ["training.warmup_ratio"]),
+    ("unknown scheduler", {"training": {"scheduler": "exponential"}}, ["training.scheduler", "linear"]),
+    ("zero gradient clipping", {"training": {"max_grad_norm": 0}}, ["training.max_grad_norm"]),
+    ("unknown precision", {"training": {"mixed_precision": "fp8"}}, ["training.mixed_precision", "bf16"]),
+    ("zero log interval", {"training": {"log_every_steps": 0}}, ["training.log_every_steps"]),
+    ("unknown metric", {"training": {"metric": "f1"}}, ["training.metric", "macro_f1"]),
+    ("zero patience", {"training": {"early_stopping_patience": 0}}, ["training.early_stopping_patience"]),
+    ("unknown device", {"training": {"device": "tpu"}}, ["training.device", "cuda"]),
+    ("freeze flag as a word", {"training": {"freeze_backbone": "maybe"}}, ["training.freeze_backbone"]),
+    ("dropout of 1", {"model": {"dropout": 1.0}}, ["model.dropout"]),
+    ("negative dropout", {"model": {"dropout": -0.1}}, ["model.dropout"]),
+    ("zero hidden size", {"model": {"hidden_dim": 0}}, ["model.hidden_dim"]),
+    ("unknown pooling", {"model": {"pooling": "max"}}, ["model.pooling", "mean"]),
+    ("zero max length", {"data": {"max_length": 0}}, ["data.max_length"]),
+    ("max length beyond the backbone", {"data": {"max_length": 512}}, ["data.max_length", "64 tokens"]),
+    ("max length beyond any model", {"data": {"max_length": 100_000}}, ["data.max_length", "8192"]),
+    ("zero checkpoint interval", {"output": {"checkpoint_every_steps": 0}}, ["output.checkpoint_every_steps"]),
+    ("misspelt section", {"trainig": {"epochs": 1}}, ["trainig", "training"]),
+    ("misspelt key", {"training": {"learnig_rate": 0.1}}, ["learnig_rate", "learning_rate"]),
+    ("key in the wrong section", {"model": {"learning_rate": 0.1}}, ["training.learning_rate"]),
+    ("backbone that does not exist", {"model": {"backbone": "/no/such/backbone"}}, ["model.backbone", "/no/such"]),
+    ("train file that does not exist", {"data": {"train_file": "/no/such/train.csv"}},
+     ["/no/such/train.csv", "data.train_file"]),
+]
+
+
+def bad_dataset(tmp_path: Path, name: str, content: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def csv_bytes(rows: list[tuple[str, str]], header: str = "text,label") -> bytes:
+    return (header + "\n" + "".join(f"{text},{label}\n" for text, label in rows)).encode()
+
+
+GOOD_ROWS = toy_rows(48, seed=1)
+# (case, file name, content of the train file, what the message must contain)
+BAD_DATASETS: list[tuple[str, str, bytes, list[str]]] = [
+    ("empty file", "train.csv", b"", ["file is empty", "data.train_file"]),
+    ("header only", "train.csv", b"text,label\n", ["header but no rows"]),
+    ("only a byte order mark", "train.csv", b"\xef\xbb\xbf", ["empty"]),
+    ("wrong column names", "train.csv", csv_bytes(GOOD_ROWS, "sentence,label"), ["no text column 'text'", "sentence"]),
+    ("duplicate columns", "train.csv", csv_bytes([(f"{t},x", lab) for t, lab in GOOD_ROWS], "text,text,label"),
+     ["duplicate column"]),
+    ("a row with too many fields", "train.csv", csv_bytes(GOOD_ROWS) + b"a,b,c\n", ["fields but the header has 2"]),
+    ("one class", "train.csv", csv_bytes([(text, "pos") for text, _ in GOOD_ROWS]), ["at least two classes"]),
+    ("labels differing by case", "train.csv", csv_bytes(GOOD_ROWS + [("the good plot", "POS")]),
+     ["differ only by upper/lower case"]),
+    ("NaN label", "train.csv", csv_bytes(GOOD_ROWS + [("the good plot", "NaN")]), ["missing label", "line 50"]),
+    ("empty text", "train.csv", csv_bytes(GOOD_ROWS) + b'"",pos\n', ["empty text", "line 50"]),
+    ("bytes that are not UTF-8", "train.csv", csv_bytes(GOOD_ROWS) + b"caf\xe9 movie,pos\n", ["not UTF-8", "line 50"]),
+    ("invalid JSON line", "train.jsonl", b'{"text": "good", "label": "pos"}\n{"text": "bad",\n', ["line 2", "invalid JSON"]),
+    ("JSON line without a label", "train.jsonl", b'{"text": "good"}\n', ["no key 'label'"]),
+    ("unsupported file type", "train.xlsx", b"not a table", ["unsupported file type"]),
+    ("a directory instead of a file", "folder.csv", b"", ["is a directory"]),
+]
+
+
+@pytest.fixture
+def write_config(make_config, tmp_path):
+    def write(change: dict[str, Any]) -> tuple[Path, Path]:
+        plain = deep_merge(make_config().to_plain(), change)
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(plain))
+        return path, Path(plain["output"]["artifacts_root"])
+
+    return write
+
+
+def expect_bad_input(arguments: list[str], artifacts_root: Path, expected: list[str], capsys) -> None:
+    assert cli.main(arguments) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    messages = [line for line in error.splitlines() if line.startswith("error: ")]
+    assert len(messages) == 1, error  # one message, not a dump (progress bars may share stderr)
+    message = error[error.index("error: "):]
+    for fragment in expected:
+        assert fragment in message, (fragment, error)
+    assert not artifacts_root.exists() or not any(artifacts_root.iterdir())
+
+
+@pytest.mark.parametrize(("case", "change", "expected"), BAD_CONFIGS, ids=[case for case, _, _ in BAD_CONFIGS])
+def test_a_bad_config_exits_2_naming_the_key(write_config, capsys, case, change, expected):
+    config_path, artifacts_root = write_config(change)
+    expect_bad_input(["train", "--config", str(config_path)], artifacts_root, expected, capsys)
+
+
+@pytest.mark.parametrize(("case", "file_name", "content", "expected"), BAD_DATASETS,
+                         ids=[case for case, _, _, _ in BAD_DATASETS])
+def test_a_bad_dataset_exits_2_naming_the_file_and_line(write_config, tmp_path, capsys, case, file_name, content,
+                                                         expected):
+    train_file = tmp_path / file_name
+    if case == "a directory instead of a file":
+        train_file.mkdir()
+    else:
+        train_file.write_bytes(content)
+    config_path, artifacts_root = write_config({"data": {"train_file": str(train_file)}})
+    expect_bad_input(["train", "--config", str(config_path)], artifacts_root, expected + [file_name], capsys)
+
+
+def test_a_config_file_that_is_not_json_or_not_an_object(tmp_path, capsys):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"training": {"epochs": 2,}}')
+    expect_bad_input(["train", "--config", str(broken)], tmp_path / "artifacts", ["broken.json", "line 1"], capsys)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    expect_bad_input(["train", "--config", str(listed)], tmp_path / "artifacts", ["list.json"], capsys)
+
+
+@pytest.mark.parametrize(("case", "content"), [
+    ("byte order mark and Windows line endings", b"\xef\xbb\xbf" + csv_bytes(GOOD_ROWS).replace(b"\n", b"\r\n")),
+    ("quoted multi-line field", csv_bytes(GOOD_ROWS) + b'"the good\nplot",pos\n'),
+    ("very long texts", csv_bytes(GOOD_ROWS) + b'"' + b"good movie " * 5000 + b'",pos\n'),
+])
+def test_awkward_but_valid_files_train(write_config, tmp_path, capsys, case, content):
+    train_file = tmp_path / "awkward.csv"
+    train_file.write_bytes(content)
+    config_path, artifacts_root = write_config({"data": {"train_file": str(train_file)}, "training": {"epochs": 1}})
+    assert cli.main(["train", "--config", str(config_path)]) == 0, capsys.readouterr().err
+    (run_dir,) = artifacts_root.iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    if case == "very long texts":
+        assert metrics["token_lengths"]["train"]["truncated"] == 1
+
+
+def test_encoder_learning_rate_with_a_frozen_backbone_is_a_warning_not_an_error(write_config, capsys):
+    config_path, artifacts_root = write_config({"training": {"freeze_backbone": True, "encoder_learning_rate": 0.5,
+                                                             "epochs": 1}})
+    assert cli.main(["train", "--config", str(config_path)]) == 0
+    assert "training.encoder_learning_rate is ignored" in capsys.readouterr().err
+
+
+def test_an_unwritable_artifacts_root_fails_before_training(write_config, tmp_path, capsys):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder should be")
+    config_path, _ = write_config({"output": {"artifacts_root": str(blocked / "artifacts")}})
+    assert cli.main(["train", "--config", str(config_path)]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert "output.artifacts_root" in error and "Traceback" not in error
+
+
+def test_a_full_disk_fails_before_training_and_says_how_much_is_needed(write_config, monkeypatch, capsys):
+    config_path, artifacts_root = write_config({"training": {"freeze_backbone": False}})
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30, 2**20))
+    expect_bad_input(["train", "--config", str(config_path)], artifacts_root,
+                     ["output.artifacts_root", "1 MiB free", "MiB of checkpoints"], capsys)
+
+
+# ---- Safe loading ----
+
+def test_every_torch_load_in_the_package_passes_weights_only_true():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "finetune_pipeline"
+    calls = []
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                weights_only = [k.value for k in node.keywords if k.arg == "weights_only"]
+                calls.append((source.name, node.lineno, [ast.unparse(value) for value in weights_only]))
+    assert calls, "no torch.load found: the scan is looking in the wrong place"
+    assert all(flags == ["True"] for _, _, flags in calls), calls
+
+
+def test_artifacts_record_paths_as_given_not_the_expanded_home(make_config, tiny_backbone_dir, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    shutil.copytree(tiny_backbone_dir, home / "models" / "tiny")
+    monkeypatch.setenv("HOME", str(home))
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(deep_merge(make_config().to_plain(), {"model": {"backbone": "~/models/tiny"}})))
+    assert cli.main(["train", "--config", str(config_path)]) == 0
+    (run_dir,) = (tmp_path / "artifacts").iterdir()
+    for path in run_dir.iterdir():
+        if path.suffix in (".json", ".log", ".html", ".md"):
+            text = path.read_text(encoding="utf-8")
+            assert str(home) not in text, path.name
+    assert json.loads((run_dir / "config.json").read_text())["model"]["backbone"] == "~/models/tiny"
