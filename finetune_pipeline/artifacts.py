@@ -90,6 +90,7 @@ def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
             file.flush()
             os.fsync(file.fileno())
         fault_point("write")
+        fault_point(f"write_{path.name}")
         os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:

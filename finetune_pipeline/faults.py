@@ -4,8 +4,9 @@
 
 makes the process send itself SIGNAL (default SIGKILL) the N-th time it passes POINT. The points:
 "micro_batch" (after a backward pass, mid optimizer step), "step" (after an optimizer step),
-"epoch_end" (after validation, before the epoch's files are written), "write" (an artifact's temporary
-file is written but not yet renamed into place) and "extraction" (after a batch of backbone features).
+"epoch_end" (after validation, before the epoch's files are written), "write" (any file written
+atomically: its temporary file is complete but not yet renamed into place), "write_<file name>" (the
+same, for one file, e.g. write_resume.pt) and "extraction" (after a batch of backbone features).
 Unset, every point costs one dictionary lookup.
 """
 

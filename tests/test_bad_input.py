@@ -129,6 +129,14 @@ def test_a_bad_dataset_exits_2_naming_the_file_and_line(write_config, tmp_path, 
     expect_bad_input(["train", "--config", str(config_path)], artifacts_root, expected + [file_name], capsys)
 
 
+def test_a_val_label_never_seen_in_train_exits_2_with_a_suggestion(write_config, tmp_path, capsys):
+    val_file = tmp_path / "val.csv"
+    val_file.write_bytes(csv_bytes(toy_rows(16, seed=2) + [("the plot", "Neg ")]))
+    config_path, artifacts_root = write_config({"data": {"val_file": str(val_file)}})
+    expect_bad_input(["train", "--config", str(config_path)], artifacts_root,
+                     ["val.csv", "line 18", "never occurs in the train split"], capsys)
+
+
 def test_a_config_file_that_is_not_json_or_not_an_object(tmp_path, capsys):
     broken = tmp_path / "broken.json"
     broken.write_text('{"training": {"epochs": 2,}}')

@@ -171,12 +171,13 @@ def test_sigterm_stops_the_run_like_ctrl_c_with_exit_143(make_config, tmp_path):
 
 # ---- Fault injection: SIGKILL at seeded points, then every file is whole and --resume finishes the run ----
 
-# how often a run of the config below passes each point: 48 train texts in 6 fused steps an epoch, 80 texts
-# in 10 extraction batches, about 25 atomic writes
-FAULT_POINTS = {"micro_batch": 12, "step": 12, "epoch_end": 2, "write": 20, "extraction": 10}
+# How often a run of the config below passes each point: 48 train texts in 6 fused steps an epoch, 80 texts
+# in 10 extraction batches, about 25 atomic writes; resume.pt after steps 4, 6 (epoch end), 8 and 12.
+FAULT_POINTS = {"micro_batch": 12, "step": 12, "epoch_end": 2, "write": 20, "extraction": 10,
+                "write_resume.pt": 4, "write_best_model.pt": 1, "write_metrics.json": 4}
 
 
-def kill_points(seed: int = 12, count: int = 14) -> list[tuple[str, int]]:
+def kill_points(seed: int = 12, count: int = 16) -> list[tuple[str, int]]:
     """count distinct (point, pass) pairs drawn with a fixed seed; every kind of point at least once."""
     rng = random.Random(seed)
     chosen = {(point, rng.randint(1, passes)) for point, passes in FAULT_POINTS.items()}
