@@ -171,8 +171,8 @@ def train_model(
         # summed on the device: no sync per micro-batch
         window_loss_sum = torch.tensor(running["window_loss_sum"], device=device)
         window_start_time = time.perf_counter()
-        progress = tqdm(total=steps_per_epoch, initial=first_batch // accumulation, desc=f"epoch {epoch}/{training.epochs}",
-                        unit="step", leave=False, disable=None)
+        progress = tqdm(total=steps_per_epoch, initial=first_batch // accumulation,
+                        desc=f"epoch {epoch}/{training.epochs}", unit="step", leave=False, disable=None)
 
         for batch_idx in range(first_batch, len(batches)):
             indices = batches[batch_idx]
