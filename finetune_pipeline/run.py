@@ -196,6 +196,8 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
 def resume_training(run_dir: Path, force: bool = False) -> Path:
     """Continue an interrupted or crashed run from its resume checkpoint, in its own folder."""
     config, metrics, checkpoint = check_resumable(run_dir, force)
+    log_event("resuming", run_dir=run_dir, status=run_lock.run_status(run_dir, metrics),
+              from_step=checkpoint["step"] if checkpoint else "the start (no checkpoint yet)")
     artifacts.remove_stale_temporaries(run_dir)
     started = time.perf_counter() - metrics.get("wall_time_s", 0.0)  # wall_time_s counts every session's time
     reset_peak_process_memory()

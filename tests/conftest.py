@@ -101,3 +101,4 @@ def no_console_handler_left_behind():
 
     for handler in [handler for handler in logger.handlers if handler.get_name() == "console"]:
         logger.removeHandler(handler)
+    logger.propagate = True  # the CLI turns it off; pytest's log capture needs it

@@ -207,7 +207,7 @@ def assert_every_file_is_whole(run_dir: Path, temporaries_allowed: bool) -> None
             torch.load(path, weights_only=True)
 
 
-def test_sigkill_at_seeded_points_loses_no_file_and_resume_finishes_the_same_run(make_config, tmp_path):
+def test_sigkill_at_seeded_points_loses_no_file_and_resume_finishes_the_same_run(make_config, tmp_path, caplog):
     # extraction batches of 8, a resume checkpoint every 4 steps (mid-epoch) and at each epoch end
     config = make_config(training={"epochs": 2, "eval_batch_size": 8, "log_every_steps": 1},
                          output={"checkpoint_every_steps": 4})
@@ -235,7 +235,9 @@ def test_sigkill_at_seeded_points_loses_no_file_and_resume_finishes_the_same_run
             continue  # killed before the run's first file: nothing to resume, nothing lost
         assert run_lock.run_status(run_dir) == "crashed", (point, count)
         assert compare_runs([run_dir], tmp_path / "compare").rows[0].status == "crashed"
+        caplog.clear()
         assert resume_training(run_dir) == run_dir  # in this process: only the kills need one of their own
+        assert any("event=resuming" in message and "status=crashed" in message for message in caplog.messages)
         assert_every_file_is_whole(run_dir, temporaries_allowed=False)
         assert outcome_of(run_dir) == outcome_of(reference_dir), (point, count)
         resumed_runs += 1
