@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.data import Example
@@ -38,7 +39,7 @@ class TokenBatch:
     def to(self, device: torch.device) -> "TokenBatch":
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
-    def logits(self, model: TextClassifier) -> torch.Tensor:
+    def logits(self, model: "TextClassifier | DistributedDataParallel") -> torch.Tensor:
         return model(self.input_ids, self.attention_mask)  # (batch, num_labels)
 
 

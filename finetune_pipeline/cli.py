@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -149,6 +150,9 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
     configure_console_logging()
     overrides = parse_overrides(assignments)
     if resume is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserInputError("--resume under torchrun is not supported yet: resume a torchrun run with "
+                                 "torchrun as a new run, or train it in one process")
         if overrides or dry_run:
             raise UserInputError("--resume continues a run with the config it started with: drop --set and --dry-run")
         if force and not resume:
@@ -167,8 +171,15 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
 
             raise out_of_memory(config, "predicted by the dry run", "the heaviest step does not fit (see above)")
         return
-    run_dir = run_training(config, origin={"config_file": config_path, "overrides": overrides})
-    print(f"run folder: {run_dir}")
+    from finetune_pipeline import distributed
+
+    try:
+        run_dir = run_training(config, origin={"config_file": config_path, "overrides": overrides})
+    finally:
+        is_main = distributed.world().is_main
+        distributed.stop()
+    if is_main:
+        print(f"run folder: {run_dir}")
 
 
 def format_plan(plan: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from finetune_pipeline.batching import TokenizedSplit, evaluation_batches
 from finetune_pipeline.device import Precision, autocast
+from finetune_pipeline.distributed import gather_rows, my_share, world
 from finetune_pipeline.feature_cache import FeatureSplit
 from finetune_pipeline.model import TextClassifier
 
@@ -24,13 +25,15 @@ def predict_logits(
     was_training = model.training
     model.eval()
     logits = torch.empty(len(split), model.head.out_proj.out_features)
-    for indices in evaluation_batches(split.lengths, batch_size):
+    batches = my_share(evaluation_batches(split.lengths, batch_size), world())  # under torchrun: this process's
+    for indices in batches:
         batch = split.batch(indices).to(device)
         with autocast(device, precision):
             batch_logits = batch.logits(model)  # (batch, num_labels)
         logits[indices] = batch_logits.float().cpu()  # float32 holds fp16 and bf16 values exactly
     model.train(was_training)
-    return logits
+    mine = [index for indices in batches for index in indices]
+    return gather_rows(mine, logits[mine], len(split))  # every example exactly once
 
 
 def predict(

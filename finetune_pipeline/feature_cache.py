@@ -16,11 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from finetune_pipeline.artifacts import load_checkpoint, save_torch
 from finetune_pipeline.batching import TokenizedSplit, concatenate, evaluation_batches
 from finetune_pipeline.device import Precision, autocast
+from finetune_pipeline.distributed import gather_rows, my_share, progress_bar_disabled, world
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.faults import fault_point
 from finetune_pipeline.freeze_proof import tensor_sha256
@@ -38,14 +40,14 @@ class FeatureBatch:
     def to(self, device: torch.device) -> "FeatureBatch":
         return FeatureBatch(self.features.to(device), self.labels.to(device))
 
-    def logits(self, model: TextClassifier) -> torch.Tensor:
+    def logits(self, model: "TextClassifier | DistributedDataParallel") -> torch.Tensor:
         """The head alone: the backbone already ran, once, when the features were made.
 
         In float32 whatever the run's precision: the cached features are float32, and autocast would only
         add casts around the head's two small matmuls (they cost more than the matmuls themselves).
         """
         with torch.autocast(self.features.device.type, enabled=False):
-            return model.head(self.features)
+            return model(features=self.features)
 
 
 @dataclass
@@ -70,14 +72,17 @@ def extract_features(
     """Pooled backbone features for every text, (examples, hidden), in the split's order."""
     model.eval()
     features = torch.empty(len(split), model.backbone.config.hidden_size)
-    batches = evaluation_batches(split.lengths, batch_size)  # longest first: out-of-memory shows at once
-    for indices in tqdm(batches, desc="backbone features", unit="batch", leave=False, disable=None):
+    # longest first: out-of-memory shows at once; under torchrun each process takes its share of the batches
+    batches = my_share(evaluation_batches(split.lengths, batch_size), world())
+    for indices in tqdm(batches, desc="backbone features", unit="batch", leave=False,
+                        disable=progress_bar_disabled()):
         batch = split.batch(indices).to(device)
         with autocast(device, precision):
             pooled = model.features(batch.input_ids, batch.attention_mask)  # (batch, hidden)
         features[indices] = pooled.float().cpu()
         fault_point("extraction")
-    return features
+    mine = [index for indices in batches for index in indices]
+    return gather_rows(mine, features[mine], len(split))
 
 
 def tokens_sha256(split: TokenizedSplit) -> str:
@@ -132,7 +137,8 @@ def extract_missing(
                   seconds=time.perf_counter() - started)
         for name, features in zip(missing, extracted.split([len(splits[name]) for name in missing]), strict=True):
             _, status, path = found[name]
-            store(cache_dir, path, keys[name], features.clone())  # clone: a view would save the whole tensor
+            if world().is_main:  # under torchrun, one process writes
+                store(cache_dir, path, keys[name], features.clone())  # clone: a view would save the whole tensor
             found[name] = (features, status, path)
     return found
 

@@ -150,8 +150,13 @@ class TextClassifier(nn.Module):
         hidden_states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool(hidden_states, attention_mask, self.pooling)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(input_ids, attention_mask))  # (batch, num_labels)
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, num_labels) from token ids, or from pooled features the backbone already computed
+        (cached features: the head alone). Both go through forward, so DistributedDataParallel sees them."""
+        if features is None:
+            features = self.features(input_ids, attention_mask)
+        return self.head(features)
 
 
 def build_model(

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 import transformers
 
-from finetune_pipeline import artifacts, backbone_memo, run_lock
+from finetune_pipeline import artifacts, backbone_memo, distributed, run_lock
 from finetune_pipeline.batching import TokenizedSplit, length_statistics, tokenize_split
 from finetune_pipeline.config import Config
 from finetune_pipeline.data import Splits, load_splits
 from finetune_pipeline.device import (
     Precision,
+    allow_tf32,
     peak_process_memory_mb,
     reset_peak_process_memory,
     resolve_device,
@@ -44,7 +45,7 @@ from finetune_pipeline.provenance import code_version, data_fingerprints
 from finetune_pipeline.report import write_run_report
 from finetune_pipeline.resume import RESUME_FILE, check_resumable, save_resume_checkpoint
 from finetune_pipeline.tensorboard_log import TensorBoardHandler, open_tensorboard
-from finetune_pipeline.run_log import RunLogging, log_event
+from finetune_pipeline.run_log import LOGGER_NAME, RunLogging, log_event
 from finetune_pipeline.training import TrainingOutcome, optimizer_steps_per_epoch, train_model
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -87,7 +88,12 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
     folder (backbone_memo), and training needs only the head.
     """
     device = resolve_device(config.training.device)
+    processes = distributed.start(device.type)  # under torchrun: join the other processes
+    if device.type == "cuda" and processes.distributed:
+        device = torch.device("cuda", processes.local_rank)
+        torch.cuda.set_device(device)
     precision = resolve_precision(config.training.mixed_precision, device)
+    allow_tf32(device)
     splits = load_splits(config.data, config.seed)
 
     tokenizer, backbone_config = load_tokenizer(config.model.backbone)
@@ -115,8 +121,9 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
         backbone_before = snapshot(backbone, reload_original=lambda: load_backbone(config.model.backbone).state_dict())
         backbone_parameters = sum(parameter.numel() for parameter in backbone.parameters())
         if uses_feature_cache(config) and not dry_run:
-            backbone_memo.remember(cache_dir, location,
-                                   backbone_memo.BackboneFingerprint(backbone_before.hashes, backbone_parameters))
+            if processes.is_main:
+                backbone_memo.remember(cache_dir, location,
+                                       backbone_memo.BackboneFingerprint(backbone_before.hashes, backbone_parameters))
             if remembered is None or remembered.tensor_hashes != backbone_before.hashes:
                 keys, found = look_up_features(config, tokenized, fingerprint_of(backbone_before.hashes), precision,
                                                device)
@@ -186,11 +193,39 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
     started = time.perf_counter()
     reset_peak_process_memory()
     prepared = prepare_run(config)
+    if not distributed.world().is_main:
+        return train_as_worker(prepared)
     artifacts.check_free_space(config.output.artifacts_root, artifacts.expected_artifact_bytes(
         prepared.model, backbone_included=not config.training.freeze_backbone))
     run_dir = artifacts.create_run_dir(config.output.artifacts_root)
+    distributed.broadcast_from_main(str(run_dir))
     artifacts.write_json(run_dir / artifacts.CONFIG_FILE, config.to_plain())
     return execute_run(prepared, run_dir, initial_metrics(prepared) | (origin or {}), started)
+
+
+def train_as_worker(prepared: PreparedRun) -> Path:
+    """A process other than rank 0 under torchrun: the same steps as execute_run, in the same order (they
+    meet in every gradient sum, extraction and evaluation), with its share of the work; no files, no logs."""
+    logging.getLogger(LOGGER_NAME).disabled = True
+    run_dir = Path(str(distributed.broadcast_from_main(None)))
+    config, model = prepared.config, prepared.model
+    if prepared.uses_feature_cache:
+        inputs = cached_feature_splits(prepared)
+        train_split, val_split, test_split = (inputs[name][0] for name in SPLIT_NAMES)
+    else:
+        train_split, val_split, test_split = (prepared.tokenized[name] for name in SPLIT_NAMES)
+    best_state: dict[str, torch.Tensor] = {}
+
+    def remember_best(epoch: int, step: int) -> None:
+        best_state.update({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+
+    train_model(model, train_split, val_split, prepared.splits.label_names, config, prepared.device,
+                prepared.precision, TrainingOutcome(), on_new_best=remember_best, on_epoch_end=lambda outcome: None,
+                save_state=lambda state: None)
+    model.load_state_dict(best_state)
+    evaluate(model, test_split, prepared.splits.label_names, config.training.eval_batch_size, prepared.device,
+             prepared.precision)
+    return run_dir
 
 
 def resume_training(run_dir: Path, force: bool = False) -> Path:
@@ -238,6 +273,8 @@ def execute_run(
             artifacts.save_torch(run_dir / file_name, payload)
 
         def save_state(state: dict[str, Any]) -> None:
+            if distributed.world().distributed:
+                return  # resuming a torchrun run is not supported: each process has its own random state
             model_payload = artifacts.checkpoint_payload(model, splits.label_names, config, state["epoch"],
                                                          state["step"], prepared.backbone_sha256)
             save_resume_checkpoint(run_dir, {**state, "model": model_payload})
@@ -376,8 +413,11 @@ def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
         "code_version": code_version(),
         "device": str(prepared.device),
         "mixed_precision": {"requested": precision.requested, "used": precision.used, "reason": precision.reason},
-        "effective_batch_size": config.effective_batch_size(),
-        "optimizer_steps_per_epoch": optimizer_steps_per_epoch(len(splits.train), config.training),
+        "processes": distributed.world().size,
+        "tf32_matmul": prepared.device.type == "cuda",
+        "effective_batch_size": config.effective_batch_size() * distributed.world().size,
+        "optimizer_steps_per_epoch": optimizer_steps_per_epoch(len(splits.train), config.training,
+                                                               distributed.world().size),
         "parameters": count_parameters(prepared.model, 0 if prepared.model.backbone is not None
                                        else prepared.backbone_parameters),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,

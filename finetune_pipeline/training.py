@@ -5,6 +5,7 @@ examples); an optimizer *step* happens after gradient_accumulation_steps micro-b
 always counts optimizer steps, `batch_idx` counts micro-batches within an epoch.
 """
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,12 +13,14 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from finetune_pipeline.config import Config, TrainingConfig
 from finetune_pipeline.batching import TokenizedSplit, training_batches
 from finetune_pipeline.device import Precision, autocast, memory_reading
+from finetune_pipeline.distributed import all_sum, my_share, progress_bar_disabled, world
 from finetune_pipeline.errors import TrainingDiverged
 from finetune_pipeline.evaluation import evaluate
 from finetune_pipeline.faults import fault_point
@@ -99,8 +102,9 @@ def micro_batching(train: TokenizedSplit | FeatureSplit, training: TrainingConfi
     return training.batch_size, training.gradient_accumulation_steps
 
 
-def optimizer_steps_per_epoch(num_examples: int, training: TrainingConfig) -> int:
-    micro_batches = math.ceil(num_examples / training.batch_size)
+def optimizer_steps_per_epoch(num_examples: int, training: TrainingConfig, processes: int = 1) -> int:
+    """Under torchrun each step takes batch_size x gradient_accumulation_steps examples from every process."""
+    micro_batches = math.ceil(num_examples / (training.batch_size * processes))
     return math.ceil(micro_batches / training.gradient_accumulation_steps)
 
 
@@ -126,9 +130,14 @@ def train_model(
     if accumulation != training.gradient_accumulation_steps:
         log_event("fused_micro_batches", examples_per_pass=micro_batch_size,
                   reason="cached features: a whole optimizer step fits in one pass, so accumulation saves nothing")
-    steps_per_epoch = optimizer_steps_per_epoch(len(train), training)
+    processes = world()
+    steps_per_epoch = optimizer_steps_per_epoch(len(train), training, processes.size)
     total_steps = steps_per_epoch * training.epochs
     checkpoint_every = config.output.checkpoint_every_steps
+    # Under torchrun, DDP sums the processes' gradients during backward. A trained backbone may hold layers
+    # our forward never uses (BERT's pooler: we pool ourselves), which DDP must be told to look for.
+    trained = (DistributedDataParallel(model, find_unused_parameters=not model.backbone_frozen)
+               if processes.distributed else model)
 
     optimizer = build_optimizer(model, training)
     scheduler = get_scheduler(
@@ -160,11 +169,13 @@ def train_model(
                 "outcome": outcome.as_plain(), "running": {**running, "window_loss_sum": window_loss_sum.item()}}
 
     first_epoch = start_epoch if not outcome.stopped_early else training.epochs + 1
-    for epoch in tqdm(range(first_epoch, training.epochs + 1), desc="epochs", unit="epoch", disable=None):
+    for epoch in tqdm(range(first_epoch, training.epochs + 1), desc="epochs", unit="epoch",
+                      disable=progress_bar_disabled()):
         model.train()
         epoch_start = time.perf_counter()
-        batches = training_batches(train.lengths, micro_batch_size, accumulation, config.seed, epoch,
-                                   training.group_by_length)
+        # The same batch order in every process (seed and epoch); each process takes its share of a micro-batch.
+        batches = training_batches(train.lengths, micro_batch_size * processes.size, accumulation, config.seed,
+                                   epoch, training.group_by_length)
         first_batch = start_batch if epoch == start_epoch else 0
         if first_batch == 0:
             running = new_running_sums()
@@ -172,33 +183,45 @@ def train_model(
         window_loss_sum = torch.tensor(running["window_loss_sum"], device=device)
         window_start_time = time.perf_counter()
         progress = tqdm(total=steps_per_epoch, initial=first_batch // accumulation,
-                        desc=f"epoch {epoch}/{training.epochs}", unit="step", leave=False, disable=None)
+                        desc=f"epoch {epoch}/{training.epochs}", unit="step", leave=False,
+                        disable=progress_bar_disabled())
 
         for batch_idx in range(first_batch, len(batches)):
-            indices = batches[batch_idx]
             # The optimizer step this micro-batch belongs to, and how many examples that step sees.
             # The last window of an epoch may be shorter: its examples still weigh 1/(its size).
             window_first = batch_idx - batch_idx % accumulation
             window = batches[window_first : window_first + accumulation]
             examples_in_step = sum(len(micro_batch) for micro_batch in window)
+            is_last_micro_batch = (batch_idx + 1) % accumulation == 0 or batch_idx + 1 == len(batches)
+            indices = my_share(batches[batch_idx], processes)
+            # A process left without examples (the epoch's last, short micro-batch) still joins the gradient
+            # sum, with one example whose loss counts zero times.
+            padding = not indices
+            indices = indices or batches[batch_idx][:1]
 
             batch = train.batch(indices).to(device)  # token ids, or cached features with a frozen backbone
-            with autocast(device, precision):
-                logits = batch.logits(model)  # (batch, num_labels)
-            loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
-            # Dividing each example's loss by the step's example count makes batch 2 x accumulation 4
-            # compute exactly the gradient of batch 8 x accumulation 1.
-            scaler.scale(loss_sum / examples_in_step).backward()
+            # DDP sums gradients once per optimizer step: not on the micro-batches that only accumulate.
+            accumulate_only = processes.distributed and not is_last_micro_batch
+            with trained.no_sync() if accumulate_only else contextlib.nullcontext():
+                with autocast(device, precision):
+                    logits = batch.logits(trained)  # (batch, num_labels)
+                loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+                if padding:
+                    loss_sum = loss_sum * 0.0
+                # Dividing each example's loss by the step's example count makes batch 2 x accumulation 4
+                # compute exactly the gradient of batch 8 x accumulation 1; DDP averages the processes'
+                # gradients, and the factor processes.size turns that average back into their sum.
+                scaler.scale(loss_sum * processes.size / examples_in_step).backward()
             window_loss_sum += loss_sum.detach()
-            running["window_examples"] += len(indices)
+            running["window_examples"] += 0 if padding else len(indices)
             fault_point("micro_batch")
 
-            is_last_micro_batch = (batch_idx + 1) % accumulation == 0 or batch_idx + 1 == len(batches)
             if not is_last_micro_batch:
                 continue
             # Once NaN or inf, the window's sum stays so: one check per optimizer step finds the first bad
             # step before its update reaches the weights (the best checkpoint so far stays usable).
-            if not torch.isfinite(window_loss_sum):
+            # Under torchrun every process must take the same branch: the check is agreed by all.
+            if not all_finite(window_loss_sum):
                 log_event("step", epoch=epoch, step=step + 1,
                           loss=window_loss_sum.item() / running["window_examples"])
                 raise diverged(training, epoch, step + 1, precision)
@@ -217,8 +240,8 @@ def train_model(
                 progress.update(1)
 
                 if step % training.log_every_steps == 0 or batch_idx + 1 == len(batches):
-                    window_examples = running["window_examples"]
-                    window_loss = window_loss_sum.item() / window_examples  # mean per example since the last line
+                    window_loss_total, window_examples = all_sum([window_loss_sum.item(), running["window_examples"]])
+                    window_loss = window_loss_total / window_examples  # mean per example since the last line
                     elapsed = time.perf_counter() - window_start_time
                     memory_key, memory_mb = memory_reading(device)
                     log_event(
@@ -227,8 +250,8 @@ def train_model(
                         samples_per_s=window_examples / elapsed, **{memory_key: memory_mb},
                     )
                     progress.set_postfix(loss=f"{window_loss:.4f}")
-                    running["epoch_loss_sum"] += window_loss_sum.item()
-                    running["epoch_examples"] += window_examples
+                    running["epoch_loss_sum"] += window_loss_total
+                    running["epoch_examples"] += int(window_examples)
                     window_loss_sum.zero_()
                     running["window_examples"], window_start_time = 0, time.perf_counter()
                 if checkpoint_every is not None and step % checkpoint_every == 0 and batch_idx + 1 < len(batches):
@@ -266,6 +289,11 @@ def train_model(
         if outcome.stopped_early:
             break
     return outcome
+
+
+def all_finite(window_loss_sum: torch.Tensor) -> bool:
+    finite = bool(torch.isfinite(window_loss_sum))
+    return finite if not world().distributed else all_sum([float(not finite)])[0] == 0
 
 
 def new_running_sums() -> dict[str, Any]:

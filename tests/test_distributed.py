@@ -1,0 +1,58 @@
+"""torchrun: two CPU processes (gloo) train the same run as one process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune_pipeline import artifacts
+from tests.conftest import REPO_ROOT, deep_merge, toy_rows, write_csv
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+
+
+def train(config: dict, work: Path, processes: int) -> Path:
+    config_path = work / f"config-{processes}.json"
+    config_path.write_text(json.dumps(config))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] \
+        if processes > 1 else [sys.executable]
+    result = subprocess.run([*launcher, "-m", "finetune_pipeline.cli", "train", "--config", str(config_path)],
+                            capture_output=True, text=True, cwd=work,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_folders = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("run folder: ")]
+    assert len(run_folders) == 1, result.stdout  # rank 0 alone reports (and writes)
+    return Path(run_folders[0])
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["frozen-cached", "full"])
+def test_two_processes_train_the_run_of_one_with_the_same_global_batch(make_config, tmp_path, freeze):
+    # 49 texts: the epoch's last step holds one example, so the second process pads with a zero-weight one
+    train_file = write_csv(tmp_path / "train49.csv", toy_rows(49, seed=1))
+    base = make_config(data={"train_file": str(train_file)},
+                       training={"freeze_backbone": freeze, "epochs": 2, "log_every_steps": 1}).to_plain()
+    single = train(deep_merge(base, {"training": {"batch_size": 4, "gradient_accumulation_steps": 2}}), tmp_path, 1)
+    double = train(deep_merge(base, {"training": {"batch_size": 2, "gradient_accumulation_steps": 2}}), tmp_path, 2)
+
+    one, two = (json.loads((run / artifacts.METRICS_FILE).read_text()) for run in (single, double))
+    assert two["processes"] == 2 and two["effective_batch_size"] == one["effective_batch_size"] == 8
+    assert two["optimizer_steps"] == one["optimizer_steps"] == 2 * 7
+    # Tolerance: the gradient is summed in another order across processes, so float32 rounding differs.
+    for epoch_one, epoch_two in zip(one["history"], two["history"], strict=True):
+        assert epoch_two["train_loss"] == pytest.approx(epoch_one["train_loss"], rel=1e-5)
+    for key in ("best_val_score", "best_epoch", "test_score"):
+        assert two[key] == one[key], key
+    for split in ("val_metrics", "test_metrics"):  # every example evaluated exactly once
+        assert sum(entry["support"] for entry in two[split]["per_class"].values()) == 16
+        assert two[split]["confusion_matrix"] == one[split]["confusion_matrix"]
+    weights_one, weights_two = (artifacts.load_checkpoint(run / artifacts.FINAL_MODEL_FILE)["model_state"]
+                                for run in (single, double))
+    assert weights_one.keys() == weights_two.keys()
+    assert all(torch.allclose(weights_one[name], weights_two[name], atol=1e-5) for name in weights_one)
+    proof = json.loads((double / artifacts.FREEZE_PROOF_FILE).read_text())
+    assert proof["consistent_with_config"] is True and proof["backbone_changed"] is (not freeze)
+    assert len(list(double.parent.iterdir())) == 2  # one run folder per run: the second process wrote nothing
