@@ -209,11 +209,7 @@ def train_as_worker(prepared: PreparedRun) -> Path:
     logging.getLogger(LOGGER_NAME).disabled = True
     run_dir = Path(str(distributed.broadcast_from_main(None)))
     config, model = prepared.config, prepared.model
-    if prepared.uses_feature_cache:
-        inputs = cached_feature_splits(prepared)
-        train_split, val_split, test_split = (inputs[name][0] for name in SPLIT_NAMES)
-    else:
-        train_split, val_split, test_split = (prepared.tokenized[name] for name in SPLIT_NAMES)
+    (train_split, val_split, test_split), _ = training_inputs(prepared)
     best_state: dict[str, torch.Tensor] = {}
 
     def remember_best(epoch: int, step: int) -> None:
@@ -291,12 +287,9 @@ def execute_run(
 
             head_before = snapshot(model.head)  # the seeded initial head, also when resuming
             metrics["backbone_sha256"] = prepared.backbone_sha256
-            if prepared.uses_feature_cache:
-                inputs = cached_feature_splits(prepared)
-                metrics["feature_cache"] = {name: split_status for name, (_, split_status) in inputs.items()}
-                train_split, val_split, test_split = (inputs[name][0] for name in SPLIT_NAMES)
-            else:
-                train_split, val_split, test_split = (prepared.tokenized[name] for name in SPLIT_NAMES)
+            (train_split, val_split, test_split), cache_status = training_inputs(prepared)
+            if cache_status:
+                metrics["feature_cache"] = cache_status
             if resume_checkpoint is not None:
                 artifacts.restore_weights(model, resume_checkpoint["model"], run_dir / RESUME_FILE)
 
@@ -368,6 +361,17 @@ def write_summaries(
         write_run_report(run_dir)
     except OSError as error:
         log_event("warning", level=logging.WARNING, message=f"report not written: {error}")
+
+
+def training_inputs(
+    prepared: PreparedRun,
+) -> tuple[list[TokenizedSplit] | list[FeatureSplit], dict[str, str]]:
+    """train, val and test as the training loop takes them, and the feature cache's status per split (empty
+    without the cache): cached features with a frozen backbone, token ids otherwise."""
+    if not prepared.uses_feature_cache:
+        return [prepared.tokenized[name] for name in SPLIT_NAMES], {}
+    inputs = cached_feature_splits(prepared)
+    return [inputs[name][0] for name in SPLIT_NAMES], {name: status for name, (_, status) in inputs.items()}
 
 
 def cached_feature_splits(prepared: PreparedRun) -> dict[str, tuple[FeatureSplit, str]]:
