@@ -150,7 +150,7 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
     configure_console_logging()
     overrides = parse_overrides(assignments)
     if resume is not None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if under_torchrun():
             raise UserInputError("--resume under torchrun is not supported yet: resume a torchrun run with "
                                  "torchrun as a new run, or train it in one process")
         if overrides or dry_run:
@@ -180,6 +180,10 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
         distributed.stop()
     if is_main:
         print(f"run folder: {run_dir}")
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -236,6 +240,9 @@ def sweep_command(name_or_path: str, seeds: list[int] | None, assignments: list[
     from finetune_pipeline.sweep import load_sweep, resolve_sweep_file, run_sweep
 
     configure_console_logging()
+    if under_torchrun():
+        raise UserInputError("finetune sweep under torchrun is not supported yet: run the sweep in one process, "
+                             "or start each member with torchrun as its own `finetune train --set ...`")
     sweep = load_sweep(resolve_sweep_file(name_or_path), seeds, parse_overrides(assignments))
     sweep_dir = run_sweep(sweep)
     run_dirs = [Path(member.run_dir) for member in sweep.members if member.run_dir]

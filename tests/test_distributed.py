@@ -56,3 +56,13 @@ def test_two_processes_train_the_run_of_one_with_the_same_global_batch(make_conf
     proof = json.loads((double / artifacts.FREEZE_PROOF_FILE).read_text())
     assert proof["consistent_with_config"] is True and proof["backbone_changed"] is (not freeze)
     assert len(list(double.parent.iterdir())) == 2  # one run folder per run: the second process wrote nothing
+
+
+@pytest.mark.parametrize("arguments", [["sweep", "A"], ["train", "--resume"]])
+def test_what_torchrun_does_not_run_yet_is_refused_with_exit_2(monkeypatch, capsys, arguments):
+    from finetune_pipeline import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(arguments) == 2
+    error = capsys.readouterr().err
+    assert "under torchrun is not supported yet" in error and "Traceback" not in error
