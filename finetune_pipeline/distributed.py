@@ -66,22 +66,24 @@ def my_share(items: list, world: World) -> list:
     return items[world.rank :: world.size]
 
 
-def gather_rows(indices: list[int], rows: torch.Tensor, total: int) -> torch.Tensor:
-    """Put every process's rows (for its indices) into one (total, ...) tensor, on every process.
+def gather_rows(rows: torch.Tensor, batches: list[list[int]]) -> torch.Tensor:
+    """rows (examples, ...), in which this process filled the rows of its batches: the same tensor with
+    every process's rows, on every process. In one process it is already complete and returned as is.
 
     Each index comes from exactly one process, so every example is counted once: nothing is padded with
     duplicates, as torch's DistributedSampler would.
     """
-    shares: list = [(indices, rows.cpu())]
-    if _world.distributed:
-        shares = [None] * _world.size
-        dist.all_gather_object(shares, (indices, rows.cpu()))
-    gathered = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype)
+    if not _world.distributed:
+        return rows
+    mine = [index for indices in batches for index in indices]
+    shares: list = [None] * _world.size
+    dist.all_gather_object(shares, (mine, rows[mine].cpu()))
+    gathered = torch.empty_like(rows, device="cpu")
     filled = 0
     for share_indices, share_rows in shares:
         gathered[share_indices] = share_rows
         filled += len(share_indices)
-    assert filled == total, f"gathered {filled} rows for {total} examples"
+    assert filled == len(rows), f"gathered {filled} rows for {len(rows)} examples"
     return gathered
 
 

@@ -32,8 +32,7 @@ def predict_logits(
             batch_logits = batch.logits(model)  # (batch, num_labels)
         logits[indices] = batch_logits.float().cpu()  # float32 holds fp16 and bf16 values exactly
     model.train(was_training)
-    mine = [index for indices in batches for index in indices]
-    return gather_rows(mine, logits[mine], len(split))  # every example exactly once
+    return gather_rows(logits, batches)  # every example exactly once
 
 
 def predict(

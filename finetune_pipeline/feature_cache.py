@@ -81,8 +81,7 @@ def extract_features(
             pooled = model.features(batch.input_ids, batch.attention_mask)  # (batch, hidden)
         features[indices] = pooled.float().cpu()
         fault_point("extraction")
-    mine = [index for indices in batches for index in indices]
-    return gather_rows(mine, features[mine], len(split))
+    return gather_rows(features, batches)
 
 
 def tokens_sha256(split: TokenizedSplit) -> str:

@@ -159,13 +159,9 @@ class TextClassifier(nn.Module):
         return self.head(features)
 
 
-def build_model(
-    config: ModelConfig, num_labels: int, freeze: bool, load_weights: bool = True
-) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
-    """The classifier and its tokenizer; load_weights=False builds the head alone (see TextClassifier)."""
+def build_model(config: ModelConfig, num_labels: int, freeze: bool) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
     tokenizer, backbone_config = load_tokenizer(config.backbone)
-    backbone = load_backbone(config.backbone) if load_weights else None
-    model = TextClassifier(backbone, backbone_config, config, num_labels)
+    model = TextClassifier(load_backbone(config.backbone), backbone_config, config, num_labels)
     if freeze:
         model.freeze_backbone()
     return model, tokenizer

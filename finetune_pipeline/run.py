@@ -217,7 +217,7 @@ def train_as_worker(prepared: PreparedRun) -> Path:
 
     train_model(model, train_split, val_split, prepared.splits.label_names, config, prepared.device,
                 prepared.precision, TrainingOutcome(), on_new_best=remember_best, on_epoch_end=lambda outcome: None,
-                save_state=lambda state: None)
+                save_state=None)
     model.load_state_dict(best_state)
     evaluate(model, test_split, prepared.splits.label_names, config.training.eval_batch_size, prepared.device,
              prepared.precision)
@@ -227,15 +227,15 @@ def train_as_worker(prepared: PreparedRun) -> Path:
 def resume_training(run_dir: Path, force: bool = False) -> Path:
     """Continue an interrupted or crashed run from its resume checkpoint, in its own folder."""
     config, metrics, checkpoint = check_resumable(run_dir, force)
-    log_event("resuming", run_dir=run_dir, status=run_lock.run_status(run_dir, metrics),
-              from_step=checkpoint["step"] if checkpoint else "the start (no checkpoint yet)")
+    from_step = checkpoint["step"] if checkpoint else 0  # no checkpoint yet: the run starts over
+    log_event("resuming", run_dir=run_dir, status=run_lock.run_status(run_dir, metrics), from_step=from_step)
     artifacts.remove_stale_temporaries(run_dir)
     started = time.perf_counter() - metrics.get("wall_time_s", 0.0)  # wall_time_s counts every session's time
     reset_peak_process_memory()
     prepared = prepare_run(config)
-    metrics["resumed_from_steps"] = [*metrics.get("resumed_from_steps", []), checkpoint["step"] if checkpoint else 0]
+    metrics["resumed_from_steps"] = [*metrics.get("resumed_from_steps", []), from_step]
     if checkpoint is None:
-        metrics |= initial_metrics(prepared)  # nothing to continue from: the run starts over
+        metrics |= initial_metrics(prepared)
     return execute_run(prepared, run_dir, metrics, started, checkpoint)
 
 
@@ -269,8 +269,6 @@ def execute_run(
             artifacts.save_torch(run_dir / file_name, payload)
 
         def save_state(state: dict[str, Any]) -> None:
-            if distributed.world().distributed:
-                return  # resuming a torchrun run is not supported: each process has its own random state
             model_payload = artifacts.checkpoint_payload(model, splits.label_names, config, state["epoch"],
                                                          state["step"], prepared.backbone_sha256)
             save_resume_checkpoint(run_dir, {**state, "model": model_payload})
@@ -296,7 +294,9 @@ def execute_run(
             train_model(
                 model, train_split, val_split, splits.label_names, config, device, precision, outcome,
                 on_new_best=lambda epoch, step: save_model(artifacts.BEST_MODEL_FILE, epoch, step),
-                on_epoch_end=record_epoch, save_state=save_state, resume_from=resume_checkpoint,
+                on_epoch_end=record_epoch, resume_from=resume_checkpoint,
+                # resuming a torchrun run is not supported: each process has its own random state
+                save_state=None if distributed.world().distributed else save_state,
             )
             save_model(artifacts.FINAL_MODEL_FILE, outcome.history[-1].epoch, outcome.steps)
             proof = build_freeze_proof(prepared.backbone_before, head_before, model.backbone, model.head,

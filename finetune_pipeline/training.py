@@ -119,12 +119,12 @@ def train_model(
     outcome: TrainingOutcome,
     on_new_best: Callable[[int, int], None],
     on_epoch_end: Callable[[TrainingOutcome], None],
-    save_state: Callable[[dict[str, Any]], None],
+    save_state: Callable[[dict[str, Any]], None] | None,
     resume_from: dict[str, Any] | None = None,
 ) -> TrainingOutcome:
     """Train for config.training.epochs, filling in outcome as it goes (after an interruption it says how far
     training got). on_new_best(epoch, step) saves the best model so far; save_state(state) writes a resume
-    checkpoint (see resume.py); resume_from is such a state, to continue from."""
+    checkpoint (see resume.py), None to write none; resume_from is such a state, to continue from."""
     training = config.training
     micro_batch_size, accumulation = micro_batching(train, training)
     if accumulation != training.gradient_accumulation_steps:
@@ -133,7 +133,7 @@ def train_model(
     processes = world()
     steps_per_epoch = optimizer_steps_per_epoch(len(train), training, processes.size)
     total_steps = steps_per_epoch * training.epochs
-    checkpoint_every = config.output.checkpoint_every_steps
+    checkpoint_every = config.output.checkpoint_every_steps if save_state is not None else None
     # Under torchrun, DDP sums the processes' gradients during backward. A trained backbone may hold layers
     # our forward never uses (BERT's pooler: we pool ourselves), which DDP must be told to look for.
     trained = (DistributedDataParallel(model, find_unused_parameters=not model.backbone_frozen)
@@ -284,8 +284,9 @@ def train_model(
         on_epoch_end(outcome)
         running = new_running_sums()
         window_loss_sum = torch.zeros((), device=device)
-        with signals_deferred():
-            save_state(training_state(epoch + 1, 0))
+        if save_state is not None:
+            with signals_deferred():
+                save_state(training_state(epoch + 1, 0))
         if outcome.stopped_early:
             break
     return outcome
