@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "  finetune train --config finetune_pipeline/configs/train_config_exp1.json\n"
                     "  finetune train --set training.batch_size=4 --set data.max_length=384\n"
                     "  finetune train --config my.json --dry-run\n"
+                    "  finetune train --from-run finetune_pipeline/artifacts/20261126-101500 --set seed=43\n"
                     "  finetune train --resume finetune_pipeline/artifacts/20261126-101500\n"
                     "  finetune train --resume                # the newest unfinished run")
     add_train_arguments(train)
@@ -51,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "  finetune sweep A --seeds 42,43,44     # the baseline, three seeds: how big is seed noise?\n"
                     "  finetune sweep C                      # head width x dropout, 9 runs\n"
                     "  finetune sweep D --set training.epochs=1\n"
-                    "  finetune sweep my_sweep.json")
-    sweep.add_argument("sweep", help="a preset (A, B, C, D: finetune_pipeline/configs/experiments/) or a sweep file")
+                    "  finetune sweep my_sweep.json\n"
+                    "  finetune sweep --from-run finetune_pipeline/artifacts/20261126-101500 --seeds 43,44"
+                    "   # that run again, other seeds")
+    sweep.add_argument("sweep", nargs="?", default=None,
+                       help="a preset (A, B, C, D: finetune_pipeline/configs/experiments/) or a sweep file")
+    sweep.add_argument("--from-run", dest="from_runs", action="append", default=[], metavar="RUN_DIR",
+                       help="instead of a preset: rerun this run's own config (its config.json); repeatable")
     sweep.add_argument("--seeds", type=parse_seeds, default=None,
                        help="comma-separated seeds, each member runs with each")
     add_set_argument(sweep)
@@ -63,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "finetune_pipeline/artifacts/20261126-102000\n"
                       "  finetune compare finetune_pipeline/artifacts/sweeps/20261126-110000-C\n"
                       "  finetune compare 'finetune_pipeline/artifacts/20261126-*'\n"
-                      "  finetune compare --last 3")
+                      "  finetune compare --last 3 --ref finetune_pipeline/artifacts/20261126-101500")
     compare.add_argument("runs", nargs="*", help="run folders, sweep folders or glob patterns")
     compare.add_argument("--last", type=int, default=None, metavar="N", help="the N newest runs")
+    compare.add_argument("--ref", default=None, metavar="RUN_DIR",
+                         help="the run the others are compared with (default: the first run named; with --last, "
+                              "the oldest)")
     compare.add_argument("--artifacts-root", default=DEFAULT_ARTIFACTS_ROOT, help="where --last looks for runs")
     compare.add_argument("--output-dir", default=None, help="where compare.md/.csv/.png go "
                          "(default: the sweep folder for one sweep, else ARTIFACTS_ROOT/comparisons/<time>)")
@@ -96,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"path of the JSON config (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--config", default=None, help=f"path of the JSON config (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--from-run", default=None, metavar="RUN_DIR",
+                        help="train again with a run's own config (RUN_DIR/config.json), changed by any --set")
     add_set_argument(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="check everything and try the heaviest step for memory, print the plan, train nothing")
@@ -126,16 +137,27 @@ def parse_seeds(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands: dict[str, Callable[[], int | None]] = {
-        "train": lambda: train_command(args.config, args.overrides, args.dry_run, args.resume, args.force),
+        "train": lambda: train_command(config_argument(args), args.overrides, args.dry_run, args.resume, args.force),
         "prepare-data": lambda: prepare_data_command(args.output_dir, args.force),
         "new-experiment": lambda: new_experiment_command(args.name, args.source, args.overrides),
-        "sweep": lambda: sweep_command(args.sweep, args.seeds, args.overrides),
-        "compare": lambda: compare_command(args.runs, args.last, args.artifacts_root, args.output_dir),
+        "sweep": lambda: sweep_command(args.sweep, args.from_runs, args.seeds, args.overrides),
+        "compare": lambda: compare_command(args.runs, args.last, args.artifacts_root, args.output_dir, args.ref),
         "evaluate": lambda: evaluate_command(args.run_dir, args.data, args.text_column, args.label_column, args.name),
         "predict": lambda: predict_command(args.run_dir, args.text, args.input, args.output, args.text_column,
                                            args.batch_size),
     }
     return run_command(commands[args.command])
+
+
+def config_argument(args: argparse.Namespace) -> str:
+    """The config file train reads: --config, or the config.json of the run named by --from-run."""
+    if args.from_run is None:
+        return args.config or DEFAULT_CONFIG
+    if args.config is not None:
+        raise UserInputError("give --config or --from-run, not both: --from-run RUN_DIR trains with RUN_DIR/config.json")
+    from finetune_pipeline.sweep import run_config_file
+
+    return str(run_config_file(Path(args.from_run)))
 
 
 # The heavy imports (torch, transformers) happen inside the commands, so that `--help` answers at once.
@@ -163,18 +185,20 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
     if force:
         raise UserInputError("--force goes with --resume RUN_DIR")
     config = load_config(config_path, overrides)
-    if dry_run:
-        plan = plan_run(config)
-        print(format_plan(plan))
-        if not plan["fits_in_memory"]:
-            from finetune_pipeline.memory_check import out_of_memory
-
-            raise out_of_memory(config, "predicted by the dry run", "the heaviest step does not fit (see above)")
-        return
     from finetune_pipeline import distributed
+    from finetune_pipeline.errors import OutOfMemory
+    from finetune_pipeline.memory_check import add_rerun_command, out_of_memory
 
     try:
+        if dry_run:
+            plan = plan_run(config)
+            print(format_plan(plan))
+            if not plan["fits_in_memory"]:
+                raise out_of_memory(config, "predicted by the dry run", "the heaviest step does not fit (see above)")
+            return
         run_dir = run_training(config, origin={"config_file": config_path, "overrides": overrides})
+    except OutOfMemory as error:
+        raise add_rerun_command(error, config_path, overrides) from None
     finally:
         is_main = distributed.world().is_main
         distributed.stop()
@@ -196,6 +220,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         json.dumps(plan["config"], indent=2),
         f"device: {plan['device']}; mixed precision: {precision['requested']} -> {precision['used']}"
         + (f" ({precision['reason']})" if precision["reason"] else ""),
+        "data: " + "; ".join(f"{split} {source}" for split, source in plan["data_sources"].items()),
         f"splits: train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; "
         f"labels: {', '.join(plan['label_names'])}",
         f"token lengths before truncation (max_length {plan['config']['data']['max_length']}):",
@@ -233,17 +258,24 @@ def new_experiment_command(name: str, source: str, assignments: list[str]) -> No
     print(f"train it: python finetune_pipeline/scripts/train.py --config {path}")
 
 
-def sweep_command(name_or_path: str, seeds: list[int] | None, assignments: list[str]) -> int:
+def sweep_command(name_or_path: str | None, from_runs: list[str], seeds: list[int] | None,
+                  assignments: list[str]) -> int:
     from finetune_pipeline.compare import compare_runs, print_comparison
     from finetune_pipeline.config import parse_overrides
     from finetune_pipeline.run_log import configure_console_logging
-    from finetune_pipeline.sweep import load_sweep, resolve_sweep_file, run_sweep
+    from finetune_pipeline.sweep import load_sweep, resolve_sweep_file, run_sweep, sweep_from_runs
 
     configure_console_logging()
     if under_torchrun():
         raise UserInputError("finetune sweep under torchrun is not supported yet: run the sweep in one process, "
                              "or start each member with torchrun as its own `finetune train --set ...`")
-    sweep = load_sweep(resolve_sweep_file(name_or_path), seeds, parse_overrides(assignments))
+    if (name_or_path is None) == (not from_runs):
+        raise UserInputError("sweep: name a preset or sweep file (finetune sweep A), or runs to rerun "
+                             "(finetune sweep --from-run RUN_DIR --seeds 43,44), one of the two")
+    if from_runs:
+        sweep = sweep_from_runs([Path(run_dir) for run_dir in from_runs], seeds, parse_overrides(assignments))
+    else:
+        sweep = load_sweep(resolve_sweep_file(name_or_path), seeds, parse_overrides(assignments))
     sweep_dir = run_sweep(sweep)
     run_dirs = [Path(member.run_dir) for member in sweep.members if member.run_dir]
     if run_dirs:
@@ -255,16 +287,17 @@ def sweep_command(name_or_path: str, seeds: list[int] | None, assignments: list[
     return EXIT_SWEEP_HAD_FAILURES if failed else 0
 
 
-def compare_command(targets: list[str], last: int | None, artifacts_root: str, output_dir: str | None) -> None:
+def compare_command(targets: list[str], last: int | None, artifacts_root: str, output_dir: str | None,
+                    reference: str | None = None) -> None:
     from finetune_pipeline.compare import compare_runs, default_output_dir, print_comparison, resolve_run_dirs
 
     if not targets and last is None:
         raise UserInputError("compare: name run or sweep folders, a glob, or --last N")
-    run_dirs = resolve_run_dirs(targets, last, Path(artifacts_root))
+    run_dirs = resolve_run_dirs(targets, last, Path(artifacts_root), reference)
     if output_dir is None:
         single_sweep = len(targets) == 1 and (Path(targets[0]) / "sweep.json").is_file()
         output_dir = targets[0] if single_sweep else str(default_output_dir(Path(artifacts_root)))
-    comparison = compare_runs(run_dirs, Path(output_dir))
+    comparison = compare_runs(run_dirs, Path(output_dir), reference_given=reference is not None)
     print_comparison(comparison)
 
 
@@ -314,7 +347,8 @@ def train_script_main() -> int:
     parser = argparse.ArgumentParser(prog="train.py", description="Train as a JSON config says.")
     add_train_arguments(parser)
     args = parser.parse_args()
-    return run_command(lambda: train_command(args.config, args.overrides, args.dry_run, args.resume, args.force))
+    return run_command(lambda: train_command(config_argument(args), args.overrides, args.dry_run, args.resume,
+                                             args.force))
 
 
 if __name__ == "__main__":

@@ -8,16 +8,23 @@ import copy
 import difflib
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from finetune_pipeline.errors import UserInputError
 
 DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_DATA_DIR = "finetune_pipeline/data/rotten_tomatoes"
+DEFAULT_DATA_FILES = {split: f"{DEFAULT_DATA_DIR}/{split}.csv" for split in ("train", "val", "test")}
+SPLIT_FROM_TRAIN = "split from data.train_file: the default dataset's {split} file never goes with another train file"
+
+
+def is_default_data_file(path: str | None, split: str) -> bool:
+    return path is not None and os.path.normpath(path) == os.path.normpath(DEFAULT_DATA_FILES[split])
 
 
 class StrictModel(BaseModel):
@@ -49,6 +56,28 @@ class DataConfig(StrictModel):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.1, gt=0, lt=1)
     max_length: int = Field(256, ge=8, le=8192)
+    # how each file was chosen ("the default", "set in my.json", "set with --set"), for messages; not saved
+    _file_origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def own_train_file_brings_its_own_val_and_test(self) -> "DataConfig":
+        """With another train file, a val or test file that is the default dataset's (left as the default, or
+        copied along from train_config.json) would score the model on other data: split it from train instead."""
+        if is_default_data_file(self.train_file, "train"):
+            return self
+        for split in ("val", "test"):
+            if is_default_data_file(getattr(self, f"{split}_file"), split):
+                setattr(self, f"{split}_file", None)
+                self._file_origins[split] = SPLIT_FROM_TRAIN.format(split=split)
+        return self
+
+    def file_origin(self, split: str) -> str | None:
+        return self._file_origins.get(split)
+
+    def __eq__(self, other: object) -> bool:
+        # the origins only word messages: two configs with the same values are the same config
+        return isinstance(other, DataConfig) and self.model_dump() == other.model_dump()
+
 
 
 class ModelConfig(StrictModel):
@@ -92,7 +121,7 @@ class OutputConfig(StrictModel):
 
 class Config(StrictModel):
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)  # its own instance: it holds the files' origins
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     output: OutputConfig = OutputConfig()
@@ -113,10 +142,16 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     """Read a JSON config file, apply --set overrides, and validate the result; every problem becomes
     one readable UserInputError."""
     raw = read_config_file(path)
-    if not overrides:
-        return config_from_dict(raw, source=str(path))
+    overrides = overrides or {}
     settings = " ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items())
-    return config_from_dict(apply_overrides(raw, overrides), source=f"{path} with --set {settings}")
+    config = config_from_dict(apply_overrides(raw, overrides),
+                              source=f"{path} with --set {settings}" if overrides else str(path))
+    for split in ("train", "val", "test"):
+        key = f"data.{split}_file"
+        chosen = ("set with --set" if key in overrides else f"set in {path}" if split + "_file" in raw.get("data", {})
+                  else "the default")
+        config.data._file_origins.setdefault(split, chosen)  # a split carved out of train says so already
+    return config
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -60,12 +60,35 @@ def load_splits(data: DataConfig, seed: int) -> Splits:
 
 def read_split(data: DataConfig, split: str, path: str) -> list[Example]:
     override = getattr(data.columns, split)
-    return read_labelled_file(
-        Path(path),
-        text_column=override.text_column or data.text_column,
-        label_column=override.label_column or data.label_column,
-        settings=split_settings(split),
-    )
+    try:
+        return read_labelled_file(
+            Path(path),
+            text_column=override.text_column or data.text_column,
+            label_column=override.label_column or data.label_column,
+            settings=split_settings(split),
+        )
+    except UserInputError as error:
+        origin = data.file_origin(split)
+        if origin is None:
+            raise
+        # Which setting chose the file tells the student what to change: often not the column but the file.
+        raise UserInputError(f"{error}\n  (data.{split}_file = {path}: {origin})") from None
+
+
+def describe_sources(data: DataConfig, seed: int) -> dict[str, str]:
+    """split -> where its examples come from, for the dry run and train.log."""
+    sources = {"train": with_origin(data.train_file, data.file_origin("train"))}
+    for split, fraction in (("val", data.val_fraction), ("test", data.test_fraction)):
+        path = getattr(data, f"{split}_file")
+        carved = f"{fraction:.0%} of the train file, stratified by label, seed {seed}"
+        origin = data.file_origin(split)
+        sources[split] = (with_origin(path, origin) if path else
+                          f"{carved} ({origin})" if origin and origin.startswith("split") else carved)
+    return sources
+
+
+def with_origin(path: str, origin: str | None) -> str:
+    return path if origin is None else f"{path} ({origin})"
 
 
 @dataclass(frozen=True)

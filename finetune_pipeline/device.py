@@ -60,22 +60,35 @@ class Precision:
         return self.used == "fp16"
 
 
+CPU_FP16_IS_SLOW = "fp16 autocast on a CPU is several times slower than fp32"
+
+
 def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """Honour the requested precision where the device does it well; otherwise fall back, and say why."""
+    """Honour the requested precision where the device does it natively; otherwise fall back, and say why."""
     if requested == "no":
         return Precision(requested, "no", "")
     if device.type == "cpu":
-        if not cpu_has_fast_bf16():
-            return Precision(requested, "no", "this CPU has no native bf16 and fp16 autocast on CPU is slow")
+        if cpu_has_fast_bf16():
+            if requested == "fp16":
+                return Precision(requested, "bf16", f"{CPU_FP16_IS_SLOW}; this CPU has native bf16, which is "
+                                 "faster and needs no loss scaling")
+            return Precision(requested, "bf16", "")
         if requested == "fp16":
-            return Precision(requested, "bf16", "fp16 autocast on CPU is several times slower than fp32; "
-                             "this CPU has native bf16, which is faster and needs no loss scaling")
-        return Precision(requested, "bf16", "")
-    if device.type == "cuda" and requested == "bf16" and not torch.cuda.is_bf16_supported():
-        return Precision(requested, "fp16", "this GPU has no bf16 support; fp16 with loss scaling instead")
+            return Precision(requested, "no", f"{CPU_FP16_IS_SLOW}, and this CPU has no native bf16: fp32")
+        return Precision(requested, "no", "this CPU has no native bf16 (AVX512-BF16 or AMX): emulated bf16 is "
+                         "slower than fp32, so fp32")
+    if device.type == "cuda" and requested == "bf16" and not cuda_has_native_bf16():
+        return Precision(requested, "fp16", "this GPU has no native bf16 (it needs compute capability 8.0, Ampere, "
+                         "or newer; a T4 is 7.5): emulated bf16 is slow, so fp16 with loss scaling")
     if device.type == "mps" and requested == "bf16":
         return Precision(requested, "fp16", "bf16 autocast is not supported on MPS; fp16 instead")
     return Precision(requested, requested, "")
+
+
+def cuda_has_native_bf16() -> bool:
+    """Native bf16 only: without the argument, is_bf16_supported() also counts the emulation that older GPUs
+    (a T4 in Colab) run at a fraction of fp16's speed."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:

@@ -20,6 +20,7 @@ class OutOfMemory(UserInputError):
     """The run does not fit in memory: the message names the cause and the knobs that make it fit."""
 
     exit_code = EXIT_OUT_OF_MEMORY
+    fix: dict = {}  # the config change that the rerun command suggests, e.g. {"training.eval_batch_size": 16}
 
 
 class TrainingDiverged(UserInputError):

@@ -6,6 +6,8 @@ first optimizer step, is added from the parameter count. A run that cannot fit s
 knobs that would make it fit, instead of crashing after an hour.
 """
 
+import json
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +67,44 @@ def advice(config: Config) -> str:
     return "Turn one of these knobs:\n" + "\n".join(f"  - {line}" for line in lines)
 
 
+def first_fix(config: Config) -> dict[str, Any]:
+    """The change the rerun command makes: the first knob of the advice that applies, keeping what the run
+    measures (the effective batch, the model) wherever it can."""
+    training = config.training
+    if training.freeze_backbone and training.cache_features and training.eval_batch_size > 1:
+        return {"training.eval_batch_size": training.eval_batch_size // 2}
+    if training.batch_size > 1:
+        return {"training.batch_size": training.batch_size // 2,
+                "training.gradient_accumulation_steps": training.gradient_accumulation_steps * 2}
+    if not training.freeze_backbone and not training.gradient_checkpointing:
+        return {"training.gradient_checkpointing": True}
+    return {"data.max_length": max(config.data.max_length // 2, 8)}
+
+
 def out_of_memory(config: Config, where: str, cause: str) -> OutOfMemory:
-    return OutOfMemory(f"out of memory {where}: {cause}\n{advice(config)}")
+    error = OutOfMemory(f"out of memory {where}: {cause}\n{advice(config)}")
+    error.fix = first_fix(config)
+    return error
+
+
+def add_rerun_command(error: OutOfMemory, config_file: str | None, overrides: dict[str, Any]) -> OutOfMemory:
+    """Append the command that reruns this very run with the first fix: from its run folder's config.json when
+    it has one (every setting included), else from the config file and --set values it was started with."""
+    if error.run_dir is not None:
+        command = ["finetune", "train", "--from-run", str(error.run_dir)]
+    elif config_file is not None:
+        command = ["finetune", "train", "--config", config_file, *set_arguments(overrides)]
+    else:
+        return error
+    command += set_arguments(error.fix)
+    error.args = (f"{error}\nRerun it with the first of them: {shlex.join(command)}",)
+    return error
+
+
+def set_arguments(overrides: dict[str, Any]) -> list[str]:
+    """{'training.batch_size': 2} -> ['--set', 'training.batch_size=2'], values written as --set reads them."""
+    return [part for key, value in overrides.items()
+            for part in ("--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}")]
 
 
 def run_preflight(

@@ -23,6 +23,7 @@ from finetune_pipeline.artifacts import (
 )
 from finetune_pipeline.config import Config, flatten
 from finetune_pipeline.plots import DEFAULT_METRIC_NAME, RunCurves, plot_run_curves, read_run_curves
+from finetune_pipeline.resolution import RESOLUTION_EXAMPLES, example_worth
 
 CURVES_FILE = "curves.png"
 REPORT_FILE = "report.html"
@@ -113,7 +114,7 @@ def render_page(run: RunFiles, curves_png: bytes) -> str:
         ("Per class", lambda: per_class_section(run.metrics)),
         ("Confusion matrix", lambda: confusion_section(run.metrics)),
         ("Freeze proof", lambda: freeze_proof_section(run.freeze_proof)),
-        ("Split sizes", lambda: split_sizes_section(run.metrics)),
+        ("Split sizes and resolution", lambda: split_sizes_section(run.metrics)),
         ("Config", lambda: config_section(run.config)),
     ]
     body = [status_section(run), *(section(title, build) for title, build in sections)]
@@ -253,10 +254,19 @@ def head_verdict(proof: dict[str, Any]) -> str:
 
 
 def split_sizes_section(metrics: dict[str, Any]) -> str:
+    """Each split's size and its resolution: what one example is worth in the metric."""
     sizes = metrics.get("split_sizes")
     if not sizes:
         return missing(f"{METRICS_FILE} has no split_sizes")
-    return key_value_table(list(sizes.items()))
+    metric = str(metrics.get("metric") or DEFAULT_METRIC_NAME)
+    sources = metrics.get("data_sources") or {}
+    rows = [[cell(split), cell(size, "number"),
+             cell(example_worth(size, metric) if isinstance(size, int) and size > 0 else "—"),
+             cell(sources.get(split))]
+            for split, size in sizes.items()]
+    note = (f"<p>A difference of fewer than {RESOLUTION_EXAMPLES} val examples between two runs is below the "
+            "resolution of the val set: no evidence of an effect, whatever the seeds say.</p>")
+    return table(["split", "texts", "resolution", "source"], rows) + "\n" + note
 
 
 def config_section(config: dict[str, Any] | None) -> str:

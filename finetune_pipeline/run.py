@@ -18,7 +18,7 @@ import transformers
 from finetune_pipeline import artifacts, backbone_memo, distributed, run_lock
 from finetune_pipeline.batching import TokenizedSplit, length_statistics, tokenize_split
 from finetune_pipeline.config import Config
-from finetune_pipeline.data import Splits, load_splits
+from finetune_pipeline.data import Splits, describe_sources, load_splits
 from finetune_pipeline.device import (
     Precision,
     allow_tf32,
@@ -168,6 +168,7 @@ def dry_run(config: Config) -> dict[str, Any]:
         "device": str(prepared.device),
         "mixed_precision": {"requested": prepared.precision.requested, "used": prepared.precision.used,
                             "reason": prepared.precision.reason},
+        "data_sources": describe_sources(config.data, config.seed),
         "split_sizes": prepared.splits.sizes(),
         "label_names": prepared.splits.label_names,
         "token_lengths": token_lengths(prepared),
@@ -414,6 +415,7 @@ def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
         "seed": config.seed,
         "config_hash": config.fingerprint(),
         "data_files": data_fingerprints(config.data),
+        "data_sources": describe_sources(config.data, config.seed),
         "code_version": code_version(),
         "device": str(prepared.device),
         "mixed_precision": {"requested": precision.requested, "used": precision.used, "reason": precision.reason},
@@ -453,6 +455,7 @@ def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: dict[str, Any])
     config, training, precision = prepared.config, prepared.config.training, prepared.precision
     log_event("start", run_dir=run_dir, seed=config.seed, config_hash=metrics["config_hash"][:12],
               device=metrics["device"], backbone=config.model.backbone)
+    log_event("data_sources", **describe_sources(config.data, config.seed))
     log_event("data", **{f"{name}_size": size for name, size in prepared.splits.sizes().items()},
               labels=",".join(prepared.splits.label_names), max_length=config.data.max_length,
               **{f"{name}_truncated": stats["truncated"] for name, stats in metrics["token_lengths"].items()})

@@ -11,6 +11,9 @@ finetune_pipeline/configs/experiments/A.json ... D.json):
       "seeds": [42]                             # optional: default, the base config's seed
     }
 
+`finetune sweep --from-run RUN_DIR ... --seeds 43,44` builds a sweep from finished runs instead: each
+run's own config.json, with each seed (sweep_from_runs).
+
 Instead of "grid" (every combination), "members" lists the changes one by one:
 `[{"name": "max_length=384", "set": {"data.max_length": 384}}, ...]`. Keys are the dotted config keys
 of `--set`. The members run in one process, so the backbone and tokenizer are read from disk once,
@@ -26,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune_pipeline import artifacts
-from finetune_pipeline.config import apply_overrides, config_from_dict, read_config_file
-from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.config import apply_overrides, changed_values, config_from_dict, flatten, read_config_file
+from finetune_pipeline.errors import OutOfMemory, UserInputError
 from finetune_pipeline.run_log import log_event
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs" / "experiments"
@@ -89,6 +92,35 @@ def load_sweep(path: Path, seeds: list[int] | None, extra_overrides: dict[str, A
     return sweep
 
 
+def sweep_from_runs(run_dirs: list[Path], seeds: list[int] | None, extra_overrides: dict[str, Any]) -> Sweep:
+    """Rerun finished runs with their own effective configs (their config.json), with each seed: the way to
+    measure seed noise on exactly the runs being compared. No seeds: each run's own seed (a repeat)."""
+    configs = [read_config_file(run_config_file(run_dir)) for run_dir in run_dirs]
+    base = configs[0]
+    members = []
+    for run_dir, config in zip(run_dirs, configs, strict=True):
+        differences = {key: new for key, (_, new) in changed_values(flatten(base), flatten(config)).items()
+                       if key != "seed" and key not in extra_overrides}
+        members.append((Path(run_dir).name, differences, config.get("seed")))
+    sweep = Sweep("from-run", ", ".join(map(str, run_dirs)), "the runs' own configs, rerun with other seeds",
+                  apply_overrides(base, extra_overrides))
+    config_from_dict(sweep.base_config, f"--from-run {run_dirs[0]} with --set")  # a bad --set fails the sweep now
+    if seeds:
+        sweep.members = [Member(name, overrides, seed) for seed in seeds for name, overrides, _ in members]
+    else:
+        sweep.members = [Member(name, overrides, own_seed) for name, overrides, own_seed in members]
+    return sweep
+
+
+def run_config_file(run_dir: Path) -> Path:
+    """A run folder's effective config, which is a complete config file."""
+    path = Path(run_dir) / artifacts.CONFIG_FILE
+    if not path.is_file():
+        raise UserInputError(f"--from-run {run_dir}: no {artifacts.CONFIG_FILE} there; give a run folder such as "
+                             "finetune_pipeline/artifacts/20261124-120000")
+    return path
+
+
 def member_changes(spec: dict[str, Any], path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(name, overrides) per member, from "grid" (every combination) or "members" (as listed)."""
     if ("grid" in spec) == ("members" in spec):
@@ -115,6 +147,7 @@ def run_sweep(sweep: Sweep) -> Path:
 
     Returns the sweep folder, whose sweep.json lists each member's run folder and status.
     """
+    from finetune_pipeline.memory_check import add_rerun_command
     from finetune_pipeline.model import keep_loaded_backbones
     from finetune_pipeline.run import run_training
 
@@ -135,6 +168,8 @@ def run_sweep(sweep: Sweep) -> Path:
                 member.status = "interrupted"
                 raise
             except UserInputError as error:  # bad value, out of memory, diverged: recorded, not fatal
+                if isinstance(error, OutOfMemory):  # a member has no config file: it reruns from its run folder
+                    error = add_rerun_command(error, config_file=None, overrides={})
                 member.status, member.error = "failed", str(error)
                 member.run_dir = None if error.run_dir is None else str(error.run_dir)
                 log_event("sweep_member_failed", level=logging.WARNING, member=member.name, error=str(error))

@@ -8,13 +8,15 @@ import csv
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from finetune_pipeline.compare import (
-    BEYOND_NOISE, REFERENCE, WITHIN_NOISE, compare_runs, default_output_dir, print_comparison, resolve_run_dirs,
+    BELOW_RESOLUTION, BEYOND_NOISE, NOISE_UNKNOWN, REFERENCE, WITHIN_NOISE, compare_runs, default_output_dir,
+    print_comparison, resolve_run_dirs,
 )
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.run import run_training
@@ -159,7 +161,7 @@ def test_the_code_is_compared_by_its_source_hash_when_runs_have_one(tmp_path):
     docs_commit = write_run(tmp_path / "docs", code_version={**with_hash, "git_commit": "7654321"})
     edited = write_run(tmp_path / "edited", code_version={**with_hash, "source_sha256": "e" * 64})
     [warning] = compare(tmp_path, reference, docs_commit, edited).warnings
-    assert warning.startswith("code version differs: run edited vs the reference base: source_sha256: cccc")
+    assert warning.startswith("code version differs: run edited vs the reference base ×2: source_sha256: cccc")
 
 
 def test_keys_a_frozen_backbone_ignores_are_not_factors(tmp_path):
@@ -193,7 +195,7 @@ def test_runs_without_provenance_say_once_that_it_could_not_be_checked(tmp_path)
            for name in ("old1", "old2")]
     warnings = compare(tmp_path, reference, *old).warnings
     assert warnings == [
-        f"{what} could not be checked for run(s) old1, old2: their metrics.json has no {field} "
+        f"{what} could not be checked for run(s) old1 ×2: their metrics.json has no {field} "
         "(an older run, or one that stopped early)"
         for what, field in [("data", "data_files"), ("backbone", "backbone_sha256"), ("code version", "code_version"),
                             ("device or precision", "mixed_precision")]
@@ -244,9 +246,11 @@ def test_seed_groups_flag_a_difference_smaller_than_the_seed_noise(tmp_path):
     assert groups[0].seeds == [42, 43, 44]
     assert groups[0].best_val.mean == pytest.approx(0.82)
     assert groups[0].best_val.std == pytest.approx(0.02)  # sample std, ddof=1
-    [note] = comparison.notes
-    assert note.startswith("model.hidden_dim: 16 → 32 vs the reference: mean best_val_score differs by 0.0100")
-    assert WITHIN_NOISE in note
+    within, beyond = comparison.notes
+    assert within.startswith("model.hidden_dim: 16 → 32 vs the reference: mean best val differs by +0.0100")
+    assert WITHIN_NOISE in within and "3 vs 3 seeds" in within
+    assert beyond.startswith("model.hidden_dim: 16 → 64 vs the reference: mean best val differs by +0.0900")
+    assert BEYOND_NOISE in beyond
     assert "## Seed groups" in comparison.markdown_path.read_text()
 
 
@@ -255,7 +259,10 @@ def test_one_seed_per_config_means_the_noise_is_unknown(tmp_path):
     changed = write_run(tmp_path / "changed", config={"model": {"hidden_dim": 32}})
     comparison = compare(tmp_path, reference, changed)
     [note] = comparison.notes
-    assert note.startswith("seed noise is unknown") and "finetune sweep A --seeds 42,43,44" in note
+    assert note.startswith("seed noise is unknown for the reference (base), model.hidden_dim: 16 → 32")
+    # the advice reruns these very runs (their own configs and data), with the seeds they lack
+    assert f"`finetune sweep --from-run {reference} --from-run {changed} --seeds 43,44`" in note
+    assert f"--ref {reference}" in note
     assert "## Seed groups" not in comparison.markdown_path.read_text()
 
 
@@ -269,7 +276,7 @@ def test_compare_writes_markdown_csv_and_png_with_the_warnings_first(tmp_path, c
 
     markdown = comparison.markdown_path.read_text()
     assert markdown.index("**WARNING:** seeds differ") < markdown.index("## Runs")
-    assert "| changed | completed | 0.8000 | 0.7800 | 2 | 12.5 | 5.5 | 700 |" in markdown
+    assert "| changed | completed | 0.8000 | +0.0000 | 0.7800 | 2 | 12.5 | 5.5 | 700 |" in markdown
     rows = list(csv.DictReader(comparison.csv_path.open()))
     assert [row["run"] for row in rows] == ["base", "changed"]
     assert rows[1]["differs_from_reference"] == "model.hidden_dim: 16 → 32"
@@ -358,3 +365,136 @@ def test_a_config_run_with_several_seeds_gets_one_factor_warning_not_one_per_see
             for seed in (42, 43, 44)]
     [warning] = compare(tmp_path, *reference, *both).warnings
     assert warning.startswith("runs both-42, both-43, both-44 differ from the reference ref-42 in 2 factors")
+
+
+# ---- repeats, the seed-noise rule, the resolution, --ref -----------------------------------------------------
+
+
+def test_repeats_of_one_run_count_once_in_their_seed_group(tmp_path):
+    """The guide's trap: A trained three times with seed 42, then a sweep with 42, 43, 44. The three
+    repeats of (A, seed 42) are one sample: mean and std are over the 3 distinct seeds, not 5 runs."""
+    repeats = [write_run(tmp_path / f"a-42-{index}", seed=42, best_val=0.80) for index in range(3)]
+    others = [write_run(tmp_path / f"a-{seed}", seed=seed, best_val=value)
+              for seed, value in ((43, 0.79), (44, 0.83))]
+    comparison = compare(tmp_path, *repeats, *others)
+    [group] = comparison.groups
+    assert group.seeds == [42, 43, 44] and group.best_val.seeds == 3
+    assert group.best_val.mean == pytest.approx((0.80 + 0.79 + 0.83) / 3)
+    assert group.best_val.std == pytest.approx(statistics.stdev([0.80, 0.79, 0.83]))
+    assert [sample.label for sample in comparison.samples] == ["a-42-0 ×3", "a-43", "a-44"]
+    [note] = comparison.notes
+    assert note.startswith("a-42-0 ×3: 3 runs with the same config, seed, data, backbone, code and device")
+    assert "also a-42-1, a-42-2" in note and "identical" in note
+    assert comparison.warnings == []
+    rows = list(csv.DictReader(comparison.csv_path.open()))
+    assert [row["repeat_of"] for row in rows] == ["", "a-42-0", "a-42-0", "", ""]  # every run stays in the CSV
+    assert "| a-42-0 ×3 | completed |" in comparison.markdown_path.read_text()
+
+
+def test_repeats_stop_inflating_a_seed_group_and_flagging_noise_as_an_effect(tmp_path):
+    # With the 3 repeats counted as seeds the reference looked tight (std 0.005 over 5 runs) and +0.009 looked
+    # beyond it; over the 3 distinct seeds the noise is larger and the same difference is within it.
+    reference = [*(write_run(tmp_path / f"ref-42-{index}", seed=42, best_val=0.80) for index in range(3)),
+                 write_run(tmp_path / "ref-43", seed=43, best_val=0.79),
+                 write_run(tmp_path / "ref-44", seed=44, best_val=0.81)]
+    dropout = [write_run(tmp_path / f"dropout-{seed}", seed=seed, best_val=value, config={"model": {"dropout": 0.3}})
+               for seed, value in ((42, 0.80), (43, 0.81), (44, 0.816))]
+    comparison = compare(tmp_path, *reference, *dropout)
+    reference_group, dropout_group = comparison.groups
+    assert reference_group.best_val.std == pytest.approx(0.01)  # 0.80, 0.79, 0.81
+    assert dropout_group.vs_reference == WITHIN_NOISE
+    assert dropout_group.difference == pytest.approx((0.80 + 0.81 + 0.816) / 3 - 0.80)
+
+
+def test_repeats_that_differ_are_said_to_differ_and_averaged(tmp_path):
+    first = write_run(tmp_path / "gpu-1", best_val=0.80)
+    second = write_run(tmp_path / "gpu-2", best_val=0.82)
+    comparison = compare(tmp_path, first, second)
+    [sample] = comparison.samples
+    assert sample.score("best_val_score") == pytest.approx(0.81)
+    assert "their scores differ (best val 0.8000 to 0.8200)" in comparison.notes[0]
+
+
+def test_runs_with_another_code_or_status_are_not_repeats(tmp_path):
+    base = write_run(tmp_path / "base")
+    edited = write_run(tmp_path / "edited", code_version={**CODE_VERSION, "git_commit": "7654321"})
+    failed = write_run(tmp_path / "failed", status="failed")
+    assert [sample.label for sample in compare(tmp_path, base, edited, failed).samples] == ["base", "edited", "failed"]
+
+
+@pytest.mark.parametrize("reference_values, other_values", [
+    ([0.80, 0.82, 0.84], [0.81, 0.83, 0.85]),
+    ([0.80, 0.82, 0.84], [0.86, 0.87, 0.88]),
+    ([0.80, 0.81], [0.83, 0.84, 0.845, 0.85]),
+    ([0.790, 0.791, 0.792], [0.797, 0.794, 0.799]),
+])
+def test_the_noise_verdict_is_welchs_t_test_at_five_percent(tmp_path, reference_values, other_values):
+    from scipy import stats
+
+    seeds = range(42, 42 + max(len(reference_values), len(other_values)))
+    runs = [write_run(tmp_path / f"ref-{seed}", seed=seed, best_val=value)
+            for seed, value in zip(seeds, reference_values)]
+    runs += [write_run(tmp_path / f"wide-{seed}", seed=seed, best_val=value, config={"model": {"hidden_dim": 32}})
+             for seed, value in zip(seeds, other_values)]
+    _, group = compare(tmp_path, *runs).groups
+    p_value = stats.ttest_ind(other_values, reference_values, equal_var=False).pvalue
+    assert group.vs_reference == (BEYOND_NOISE if p_value < 0.05 else WITHIN_NOISE)
+    standard_error = math.sqrt(statistics.variance(other_values) / len(other_values)
+                               + statistics.variance(reference_values) / len(reference_values))
+    assert group.threshold > 2 * standard_error  # a t quantile with few degrees of freedom is above 2
+
+
+def test_fewer_than_two_distinct_seeds_on_a_side_leaves_the_noise_unknown(tmp_path):
+    reference = seed_group_runs(tmp_path, "ref", 16, [0.80, 0.81, 0.79])
+    one_seed = write_run(tmp_path / "wide-42", seed=42, best_val=0.90, config={"model": {"hidden_dim": 32}})
+    comparison = compare(tmp_path, *reference, one_seed)
+    assert comparison.groups[1].vs_reference == NOISE_UNKNOWN and comparison.groups[1].threshold is None
+    [advice] = [note for note in comparison.notes if note.startswith("seed noise is unknown")]
+    assert advice.startswith("seed noise is unknown for model.hidden_dim: 16 → 32:")
+    assert f"finetune sweep --from-run {one_seed} --seeds 43,44`" in advice  # the seeds the reference has
+
+
+def test_a_difference_of_fewer_than_three_val_examples_is_below_resolution(tmp_path):
+    # 31 val texts: one example is 0.0323; +2 examples is below the resolution even though the seeds agree
+    sizes = {"split_sizes": {"train": 250, "val": 31, "test": 31}}
+    reference = [write_run(tmp_path / f"ref-{seed}", seed=seed, best_val=value, **sizes)
+                 for seed, value in ((42, 20 / 31), (43, 20 / 31), (44, 21 / 31))]
+    wider = [write_run(tmp_path / f"wide-{seed}", seed=seed, best_val=value, config={"model": {"hidden_dim": 32}},
+                       **sizes) for seed, value in ((42, 22 / 31), (43, 22 / 31), (44, 23 / 31))]
+    comparison = compare(tmp_path, *reference, *wider)
+    assert comparison.groups[1].vs_reference == BELOW_RESOLUTION
+    assert any(note.startswith("model.hidden_dim: 16 → 32 vs the reference: mean best val differs by +0.0645, "
+                               "2.0 of 31 val examples: below resolution") for note in comparison.notes)
+    assert comparison.resolution[0] == "val: 31 texts, one example = 0.0323 of accuracy (3.23 points)"
+    markdown = comparison.markdown_path.read_text()
+    assert "## Resolution" in markdown and "| +0.0645 (+2 ex) |" in markdown
+    # three examples are enough to leave the verdict to the seeds
+    assert compare(tmp_path, reference[0], write_run(tmp_path / "three", best_val=23 / 31, **sizes,
+                                                     config={"model": {"hidden_dim": 64}})).groups[1].vs_reference \
+        == NOISE_UNKNOWN
+
+
+def test_ref_makes_any_run_the_reference(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = Path("artifacts")
+    runs = [write_run(root / name) for name in ("20261124-100000", "20261124-110000", "20261124-120000")]
+    assert resolve_run_dirs([], 2, root, reference=str(runs[0])) == [runs[0], *runs[1:]]
+    assert resolve_run_dirs([str(runs[0]), str(runs[2])], None, root, reference=str(runs[2])) == [runs[2], runs[0]]
+    with pytest.raises(UserInputError, match="--ref artifacts: not a run folder"):
+        resolve_run_dirs([], 2, root, reference="artifacts")
+
+
+def test_compare_ref_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from finetune_pipeline import cli
+
+    monkeypatch.chdir(tmp_path)
+    one_epoch = write_run(Path("artifacts/20261124-090000"), config={"training": {"epochs": 1}})
+    baseline = write_run(Path("artifacts/20261124-100000"))
+    dropout = write_run(Path("artifacts/20261124-110000"), config={"model": {"dropout": 0.3}})
+    assert cli.main(["compare", "--last", "2", "--artifacts-root", "artifacts"]) == 0
+    assert "2 factors" not in capsys.readouterr().out  # the newest two: baseline vs dropout
+    assert cli.main(["compare", "--last", "2", "--ref", str(one_epoch), "--artifacts-root", "artifacts"]) == 0
+    printed = capsys.readouterr().out
+    assert f"Reference: {one_epoch.name} ({one_epoch}), given with --ref" in printed
+    assert "differs from the reference 20261124-090000 in 2 factors" in " ".join(printed.split())
+    assert baseline.name in printed and dropout.name in printed

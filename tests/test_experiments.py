@@ -228,3 +228,52 @@ def test_new_experiment_outside_the_repository_root_says_where_to_run_it(tmp_pat
     monkeypatch.chdir(tmp_path)
     assert cli.main(["new-experiment", "exp2", "--from", str(DEFAULT_CONFIG), "--set", "model.dropout=0.2"]) == 2
     assert "run new-experiment from the repository root" in capsys.readouterr().err
+
+
+# --- rerunning a run: --from-run ---------------------------------------------------------------------
+
+
+def test_following_compares_seed_advice_reruns_the_compared_runs_with_their_own_configs(make_config, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """compare's advice is a command; running it reruns exactly the runs being compared (their data, their
+    overrides), with the seeds they lack, and the comparison then has seed groups on that data."""
+    from finetune_pipeline.compare import compare_runs
+
+    base = make_config(training={"epochs": 1})
+    reference = run_training(base)
+    variant = run_training(make_config(training={"epochs": 1}, model={"dropout": 0.3}))
+    [advice] = [note for note in compare_runs([reference, variant], tmp_path / "c1").notes
+                if note.startswith("seed noise is unknown")]
+    command = advice.split("`")[1]
+    assert command == f"finetune sweep --from-run {reference} --from-run {variant} --seeds 8,9"  # base seed is 7
+    assert cli.main(command.split()[1:]) == 0
+    sweep_dir = Path(capsys.readouterr().out.split("sweep folder: ")[1].split(" (")[0])
+    members = json.loads((sweep_dir / "sweep.json").read_text())["members"]
+    assert [(m["name"], m["seed"], m["status"]) for m in members] == [
+        (reference.name, 8, "completed"), (variant.name, 8, "completed"),
+        (reference.name, 9, "completed"), (variant.name, 9, "completed")]
+    configs = [json.loads((Path(m["run_dir"]) / "config.json").read_text()) for m in members]
+    assert [config["model"]["dropout"] for config in configs] == [0.0, 0.3, 0.0, 0.3]
+    assert {config["data"]["train_file"] for config in configs} == {base.data.train_file}
+    comparison = compare_runs([reference, variant, *(Path(m["run_dir"]) for m in members)], tmp_path / "c2")
+    assert [group.seeds for group in comparison.groups] == [[7, 8, 9], [7, 8, 9]]
+    assert not any(note.startswith("seed noise is unknown") for note in comparison.notes)
+
+
+def test_train_from_run_trains_again_with_that_runs_config_and_changes(make_config, tmp_path, monkeypatch, capsys):
+    first = run_training(make_config(training={"epochs": 1}, model={"dropout": 0.2}))
+    assert cli.main(["train", "--from-run", str(first), "--set", "seed=11"]) == 0
+    second = Path(capsys.readouterr().out.split("run folder: ")[1].strip())
+    config = json.loads((second / "config.json").read_text())
+    assert (config["model"]["dropout"], config["seed"], config["training"]["epochs"]) == (0.2, 11, 1)
+    metrics = json.loads((second / artifacts.METRICS_FILE).read_text())
+    assert metrics["config_file"] == str(first / "config.json") and metrics["overrides"] == {"seed": 11}
+    assert cli.main(["train", "--from-run", str(tmp_path)]) == EXIT_BAD_INPUT
+    assert "no config.json there" in capsys.readouterr().err
+    assert cli.main(["train", "--from-run", str(first), "--config", "x.json"]) == EXIT_BAD_INPUT
+
+
+def test_sweep_needs_a_preset_or_runs_but_not_both(capsys):
+    assert cli.main(["sweep"]) == EXIT_BAD_INPUT
+    assert cli.main(["sweep", "A", "--from-run", "somewhere"]) == EXIT_BAD_INPUT
+    assert "one of the two" in capsys.readouterr().err

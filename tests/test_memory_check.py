@@ -128,3 +128,29 @@ def test_gradient_checkpointing_trades_compute_not_results(make_config):
     plain_state = artifacts.load_checkpoint(plain / artifacts.FINAL_MODEL_FILE)["model_state"]
     checkpointed_state = artifacts.load_checkpoint(checkpointed / artifacts.FINAL_MODEL_FILE)["model_state"]
     assert all(torch.allclose(plain_state[name], checkpointed_state[name], atol=1e-6) for name in plain_state)
+
+
+def test_out_of_memory_advice_reruns_this_very_run_with_the_first_change(make_config, monkeypatch, tmp_path, capsys):
+    """The command in the message repeats the run in question: its config file and --set values (no run folder
+    yet), or its run folder's config.json (one exists), plus the change."""
+    monkeypatch.setattr(memory_check, "peak_process_memory_mb", lambda: 2.0**20)
+    config_path = tmp_path / "mine.json"
+    config_path.write_text(json.dumps(make_config(training={"freeze_backbone": False}).to_plain()))
+    assert cli.main(["train", "--config", str(config_path), "--set", "model.dropout=0.3", "--dry-run"]) == 3
+    assert (f"Rerun it with the first of them: finetune train --config {config_path} --set model.dropout=0.3 "
+            "--set training.batch_size=2 --set training.gradient_accumulation_steps=4") in capsys.readouterr().err
+    assert cli.main(["train", "--config", str(config_path), "--set", "model.dropout=0.3"]) == 3
+    (run_dir,) = Path(make_config().output.artifacts_root).iterdir()
+    assert (f"Rerun it with the first of them: finetune train --from-run {run_dir} --set training.batch_size=2 "
+            "--set training.gradient_accumulation_steps=4") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("training, fix", [
+    ({"freeze_backbone": True, "cache_features": True, "eval_batch_size": 32}, {"training.eval_batch_size": 16}),
+    ({"freeze_backbone": True, "cache_features": False, "batch_size": 4, "gradient_accumulation_steps": 2},
+     {"training.batch_size": 2, "training.gradient_accumulation_steps": 4}),
+    ({"freeze_backbone": False, "batch_size": 1}, {"training.gradient_checkpointing": True}),
+    ({"freeze_backbone": False, "batch_size": 1, "gradient_checkpointing": True}, {"data.max_length": 16}),
+])
+def test_the_first_fix_keeps_the_effective_batch(make_config, training, fix):
+    assert memory_check.first_fix(make_config(training=training)) == fix

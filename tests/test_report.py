@@ -58,6 +58,10 @@ def test_report_of_a_completed_run(make_config):
     counts = [int(count) for count in re.findall(r"<td[^>]*>(\d+)</td>", confusion)]
     assert counts == [count for row in metrics["test_metrics"]["confusion_matrix"] for count in row]
     assert sum(counts) == metrics["split_sizes"]["test"] == 16
+    # what one example is worth on each split: 16 val texts, so one answer moves accuracy by 6.25 points
+    sizes = html_section(page, "Split sizes and resolution")
+    assert '<td>val</td><td class="number">16</td><td>one example = 0.0625 of accuracy (6.25 points)</td>' in sizes
+    assert "fewer than 3 val examples" in sizes
     # make_config sets model.hidden_dim to 16 (default 256) and keeps model.pooling at its default
     config = html_section(page, "Config")
     assert '<tr class="changed"><td>model.hidden_dim</td><td>16</td><td>256</td></tr>' in config
