@@ -498,3 +498,12 @@ def test_compare_ref_on_the_command_line(tmp_path, monkeypatch, capsys):
     assert f"Reference: {one_epoch.name} ({one_epoch}), given with --ref" in printed
     assert "differs from the reference 20261124-090000 in 2 factors" in " ".join(printed.split())
     assert baseline.name in printed and dropout.name in printed
+
+
+def test_seeds_among_the_references_seeds_are_no_warning_but_42_against_43_is(tmp_path):
+    reference = seed_group_runs(tmp_path, "ref", 16, [0.80, 0.81, 0.79])
+    subset = write_run(tmp_path / "wide-42", seed=42, config={"model": {"hidden_dim": 32}})
+    assert not any(w.startswith("seeds differ") for w in compare(tmp_path, *reference, subset).warnings)
+    other = write_run(tmp_path / "wide-45", seed=45, config={"model": {"hidden_dim": 32}})
+    [warning] = [w for w in compare(tmp_path, *reference, other).warnings if w.startswith("seeds differ")]
+    assert "wide-45 ran with seed 45" in warning
