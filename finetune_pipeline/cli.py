@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -337,8 +338,11 @@ def run_command(command: Callable[[], int | None]) -> int:
             print(f"what the run wrote is in {err.run_dir}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt as interruption:
-        print(f"interrupted ({interruption or 'SIGINT'}): every file written so far is complete; a run folder "
-              "can be continued with `finetune train --resume RUN_DIR`", file=sys.stderr)
+        run_dir = getattr(interruption, "run_dir", None)  # set by the run it stopped, if one had started
+        how = (f"continue it with `finetune train --resume {shlex.quote(str(run_dir))}`" if run_dir is not None
+               else "a run folder can be continued with `finetune train --resume RUN_DIR`")
+        print(f"interrupted ({interruption or 'SIGINT'}): every file written so far is complete; {how}",
+              file=sys.stderr)
         return getattr(interruption, "exit_code", EXIT_INTERRUPTED)
 
 

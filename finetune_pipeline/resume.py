@@ -13,6 +13,7 @@ the run recorded when it started.
 """
 
 import random
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,13 @@ def check_resumable(run_dir: Path, force: bool) -> tuple[Config, dict[str, Any],
     """(config, metrics so far, resume checkpoint or None if there is none yet) of a run that may be resumed;
     refuses one that may not."""
     where = f"--resume {run_dir}"
+    rerun = f"finetune train --from-run {shlex.quote(str(run_dir))}"  # a new run with this run's config
     if not (run_dir / artifacts.METRICS_FILE).is_file():
         raise UserInputError(f"{where}: not a run folder (no {artifacts.METRICS_FILE})")
     status = run_lock.run_status(run_dir)
     if status == "completed":
-        raise UserInputError(f"{where}: this run completed; there is nothing to resume. Start a new run instead")
+        raise UserInputError(f"{where}: this run completed; there is nothing to resume. A new run with its "
+                             f"config: {rerun}")
     if status == "running":
         raise UserInputError(f"{where}: this run is still running ({run_lock.describe_lock(run_dir)}); "
                              "stop it first (Ctrl-C), then resume it")
@@ -85,10 +88,10 @@ def check_resumable(run_dir: Path, force: bool) -> tuple[Config, dict[str, Any],
     config = config_from_dict(plain_config, source=str(run_dir / artifacts.CONFIG_FILE))
     if config.fingerprint() != metrics.get("config_hash"):
         raise UserInputError(f"{where}: {artifacts.CONFIG_FILE} was changed after the run started (its hash no "
-                             "longer matches metrics.json); a changed config is a new run: start one")
+                             f"longer matches metrics.json); a changed config is a new run: {rerun}")
     if data_fingerprints(config.data) != metrics.get("data_files"):
         raise UserInputError(f"{where}: the data files changed since the run started (sha256 differs from "
-                             "metrics.json data_files); resuming would mix two datasets: start a new run")
+                             f"metrics.json data_files); resuming would mix two datasets: start a new run, {rerun}")
     recorded, current = metrics.get("code_version") or {}, code_version()
     if recorded.get("source_sha256") != current["source_sha256"] and not force:
         raise UserInputError(f"{where}: the code changed since the run started (source sha256 "
@@ -99,5 +102,6 @@ def check_resumable(run_dir: Path, force: bool) -> tuple[Config, dict[str, Any],
         return config, metrics, None  # stopped before its first checkpoint: it starts over, in its own folder
     checkpoint = artifacts.load_checkpoint(checkpoint_path)
     if checkpoint.get("format_version") != RESUME_FORMAT_VERSION:
-        raise UserInputError(f"{checkpoint_path}: written by another version of this package; start the run again")
+        raise UserInputError(f"{checkpoint_path}: written by another version of this package; start the run again: "
+                             f"{rerun}")
     return config, metrics, checkpoint

@@ -337,8 +337,8 @@ def execute_run(
             else:
                 metrics["error"] = f"{type(error).__name__}: {error}"
                 log_event("failed", level=logging.ERROR, error=metrics["error"])
-            if isinstance(error, UserInputError):
-                error.run_dir = run_dir
+            if isinstance(error, (UserInputError, KeyboardInterrupt)):
+                error.run_dir = run_dir  # the CLI names it: what the run wrote, and what --resume continues
             raise error from None
         finally:
             metrics["wall_time_s"] = time.perf_counter() - started

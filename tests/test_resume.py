@@ -96,7 +96,8 @@ def test_an_interrupted_and_resumed_run_ends_bit_for_bit_as_an_uninterrupted_one
 def test_a_completed_run_a_changed_config_or_changed_data_are_not_resumed(make_config, monkeypatch):
     config = make_config(output={"checkpoint_every_steps": 1})
     completed = run_training(config)
-    with pytest.raises(UserInputError, match="completed"):
+    with pytest.raises(UserInputError, match=f"completed.*A new run with its config: finetune train --from-run "
+                                             f"{completed}$"):
         resume_training(completed)
 
     interrupt_at(monkeypatch, "step", 3)
@@ -108,7 +109,7 @@ def test_a_completed_run_a_changed_config_or_changed_data_are_not_resumed(make_c
     config_file = stopped / artifacts.CONFIG_FILE
     original = config_file.read_text()
     config_file.write_text(original.replace('"hidden_dim": 16', '"hidden_dim": 17'))
-    with pytest.raises(UserInputError, match="config.json was changed"):
+    with pytest.raises(UserInputError, match=f"config.json was changed.*finetune train --from-run {stopped}$"):
         resume_training(stopped)
     config_file.write_text(original)
 
@@ -162,8 +163,9 @@ def test_sigterm_stops_the_run_like_ctrl_c_with_exit_143(make_config, tmp_path):
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), faults.FAULT_VARIABLE: "step:4:SIGTERM"},
     )
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
-    assert "Traceback" not in result.stderr and "--resume" in result.stderr
     run_dir = next((tmp_path / "artifacts").iterdir())
+    # the advice names this very run folder
+    assert "Traceback" not in result.stderr and f"continue it with `finetune train --resume {run_dir}`" in result.stderr
     metrics = metrics_of(run_dir)
     assert metrics["status"] == "interrupted" and metrics["optimizer_steps"] == 4
     assert not (run_dir / run_lock.LOCK_FILE).exists()
