@@ -4,6 +4,7 @@ Defaults live here and nowhere else. A config file only needs the keys it change
 from this schema, and the effective config (file merged over defaults) is saved with every run.
 """
 
+import codecs
 import copy
 import difflib
 import hashlib
@@ -11,9 +12,9 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from finetune_pipeline.errors import UserInputError
 
@@ -45,6 +46,41 @@ class ColumnOverrides(StrictModel):
     test: ColumnNames = ColumnNames()
 
 
+def check_delimiter(value: str | None) -> str | None:
+    """One character; "tab" and "\\t" (what a shell passes for \\t) mean the tab."""
+    value = "\t" if value in ("tab", "\\t") else value
+    if value is not None and len(value) != 1:
+        raise ValueError('a delimiter is one character, e.g. ";" or "tab"; null detects it among , ; tab |')
+    return value
+
+
+def check_encoding(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError("not an encoding Python knows; e.g. \"utf-8\", \"cp1251\" (Windows Cyrillic), "
+                             "\"cp1252\" (Windows Western)") from None
+    return value
+
+
+Delimiter = Annotated[str | None, AfterValidator(check_delimiter)]
+Encoding = Annotated[str, AfterValidator(check_encoding)]
+
+
+class FileFormat(StrictModel):
+    """Per-file format settings; a key left out falls back to data.delimiter / data.encoding."""
+
+    delimiter: Delimiter = None
+    encoding: Encoding | None = None
+
+
+class FormatOverrides(StrictModel):
+    train: FileFormat = FileFormat()
+    val: FileFormat = FileFormat()
+    test: FileFormat = FileFormat()
+
+
 class DataConfig(StrictModel):
     train_file: str = f"{DEFAULT_DATA_DIR}/train.csv"
     # null: carve this split out of train_file (stratified, seeded) with the fraction below.
@@ -53,9 +89,15 @@ class DataConfig(StrictModel):
     text_column: str = "text"
     label_column: str = "label"
     columns: ColumnOverrides = ColumnOverrides()
+    # CSV field separator; null: detected from the header among , ; tab | (a .tsv is always tab-separated)
+    delimiter: Delimiter = None
+    # of the text files; "utf-8" also reads a byte-order mark. A Russian-locale spreadsheet export is "cp1251"
+    encoding: Encoding = "utf-8"
+    formats: FormatOverrides = FormatOverrides()  # per-file delimiter / encoding, like columns
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.1, gt=0, lt=1)
     max_length: int = Field(256, ge=8, le=8192)
+
     # how each file was chosen ("the default", "set in my.json", "set with --set"), for messages; not saved
     _file_origins: dict[str, str] = PrivateAttr(default_factory=dict)
 

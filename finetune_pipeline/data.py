@@ -1,4 +1,4 @@
-"""Data: read labelled files -> check them -> map labels to ids -> split into train/val/test.
+"""Data: read labelled files (readers.py) -> check them -> map labels to ids -> split into train/val/test.
 
 Tokenizing and batching come next, in batching.py.
 
@@ -6,10 +6,6 @@ Every problem in a file is reported with the file, the line and the column, beca
 who gets "KeyError: 'text'" from deep inside a library learns nothing.
 """
 
-import codecs
-import csv
-import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +14,17 @@ from sklearn.model_selection import train_test_split
 
 from finetune_pipeline.config import DataConfig
 from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.readers import (
+    SUPPORTED_SUFFIXES,
+    FileSettings,
+    Record,
+    check_file,
+    decode,
+    delimited_records,
+    jsonl_records,
+    read_records,
+)
 
-SUPPORTED_SUFFIXES = (".csv", ".tsv", ".jsonl")
 MISSING_LABEL_SPELLINGS = {"", "nan", "none", "null", "na", "n/a"}
 
 
@@ -59,13 +64,15 @@ def load_splits(data: DataConfig, seed: int) -> Splits:
 
 
 def read_split(data: DataConfig, split: str, path: str) -> list[Example]:
-    override = getattr(data.columns, split)
+    columns, file_format = getattr(data.columns, split), getattr(data.formats, split)
     try:
         return read_labelled_file(
-            Path(path),
-            text_column=override.text_column or data.text_column,
-            label_column=override.label_column or data.label_column,
+            path,
+            text_column=columns.text_column or data.text_column,
+            label_column=columns.label_column or data.label_column,
             settings=split_settings(split),
+            delimiter=file_format.delimiter or data.delimiter,
+            encoding=file_format.encoding or data.encoding,
         )
     except UserInputError as error:
         origin = data.file_origin(split)
@@ -91,38 +98,25 @@ def with_origin(path: str, origin: str | None) -> str:
     return path if origin is None else f"{path} ({origin})"
 
 
-@dataclass(frozen=True)
-class FileSettings:
-    """The settings that name a file and its columns: messages tell the user which one to change."""
-
-    file: str  # "data.val_file" in a config, "--data" on the command line
-    columns: dict[str, str]  # role ("text", "label") -> its setting, e.g. "data.text_column" or "--text-column"
-
-
 def split_settings(split: str) -> FileSettings:
     """The config keys behind the train, val or test file."""
     return FileSettings(
         file=f"data.{split}_file",
         columns={role: f"data.{role}_column, or data.columns.{split}.{role}_column for this file only"
                  for role in ("text", "label")},
+        role=split,
+        delimiter=f"data.delimiter (or data.formats.{split}.delimiter for this file only)",
+        encoding=f"data.encoding (or data.formats.{split}.encoding for this file only)",
     )
 
 
-@dataclass
-class Record:
-    """One row (CSV, TSV) or one line (JSON Lines), before its values are checked."""
+def read_labelled_file(path: Path | str, text_column: str, label_column: str, settings: FileSettings,
+                       delimiter: str | None = None, encoding: str = "utf-8") -> list[Example]:
+    """Read any supported source (readers.py: CSV, TSV, JSON Lines, Parquet, Excel, datasets) into examples.
 
-    line: int  # 1-based line where the record starts
-    values: dict[str, object]  # role -> value: always a string in CSV/TSV, any JSON value in JSON Lines
-
-
-def read_labelled_file(path: Path, text_column: str, label_column: str, settings: FileSettings) -> list[Example]:
-    """Read CSV, TSV (no quoting, as GLUE ships it) or JSON Lines into examples.
-
-    settings: what names this file and its columns (split_settings for a config's split), for messages.
+    settings: what names this file, its columns and its format (split_settings for a config's split), for messages.
     """
-    columns = {"text": text_column, "label": label_column}
-    records = parse_records(read_utf8(path, settings), path, columns, settings)
+    records = read_records(path, {"text": text_column, "label": label_column}, settings, delimiter, encoding)
     if not records:
         raise UserInputError(f"{path}: has a header but no rows; {settings.file} needs labelled examples")
     return [Example(text=checked_text(record, path, text_column), label=checked_label(record, path, label_column),
@@ -130,104 +124,27 @@ def read_labelled_file(path: Path, text_column: str, label_column: str, settings
 
 
 def read_utf8(path: Path, settings: FileSettings, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> str:
-    if path.suffix.lower() not in suffixes:
-        raise UserInputError(
-            f"{path}: unsupported file type '{path.suffix}'; {settings.file} must end in {', '.join(suffixes)}"
-        )
-    if path.is_dir():
-        raise UserInputError(f"{path}: is a directory; {settings.file} must name a file")
-    if not path.exists():
-        raise UserInputError(
-            f"{path}: file not found (relative paths start from the current directory, {Path.cwd()}); "
-            f"fix {settings.file}, or run `finetune prepare-data` for the default dataset"
-        )
-    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # Excel's byte-order mark is not part of the header
-    if not raw.strip():
+    """A UTF-8 text file's content (predict's plain-text input)."""
+    check_file(path, settings, suffixes)
+    text = decode(path.read_bytes(), path, "utf-8", settings)
+    if not text.strip():
         raise UserInputError(f"{path}: file is empty; {settings.file} must name a file with data")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise UserInputError(
-            f"{path}, line {line}: bytes that are not UTF-8 ({raw[err.start:err.start + 4]!r}); "
-            "re-save the file as UTF-8"
-        ) from None
+    return text
 
 
 def parse_records(text: str, path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
-    """The values of the given columns (role -> column name) in every non-blank record."""
+    """The values of the given columns in every non-blank record of a CSV, TSV or JSON Lines text."""
     if path.suffix.lower() == ".jsonl":
-        return parse_jsonl(text, path, columns, settings)
-    return parse_delimited(text, path, columns, settings)
-
-
-def parse_delimited(text: str, path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
-    is_tsv = path.suffix.lower() == ".tsv"
-    reader = csv.reader(
-        io.StringIO(text, newline=""),
-        delimiter="\t" if is_tsv else ",",
-        quoting=csv.QUOTE_NONE if is_tsv else csv.QUOTE_MINIMAL,
-    )
-    header = next(reader)
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates:
-        raise UserInputError(f"{path}, line 1: duplicate column name(s) {duplicates}; rename them in the header")
-    indices = {role: column_index(header, column, role, path, settings) for role, column in columns.items()}
-    records = []
-    line = reader.line_num + 1
-    for row in reader:
-        if not any(field.strip() for field in row):  # blank line, e.g. at the end of the file
-            line = reader.line_num + 1
-            continue
-        if len(row) != len(header):
-            raise UserInputError(
-                f"{path}, line {line}: {len(row)} fields but the header has {len(header)}; "
-                "check the delimiter and the quoting of that line"
-            )
-        records.append(Record(line, {role: row[index] for role, index in indices.items()}))
-        line = reader.line_num + 1
-    return records
-
-
-def parse_jsonl(text: str, path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
-    records = []
-    # split on "\n" only: str.splitlines() would also split on U+2028 and friends, legal inside JSON strings
-    for line, content in enumerate(text.split("\n"), start=1):
-        if not content.strip():
-            continue
-        try:
-            record = json.loads(content)
-        except json.JSONDecodeError as err:
-            raise UserInputError(f"{path}, line {line}: invalid JSON ({err.msg}, column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise UserInputError(
-                f"{path}, line {line}: each line must be a JSON object with the keys {', '.join(columns.values())}"
-            )
-        for role, column in columns.items():
-            if column not in record:
-                raise UserInputError(
-                    f"{path}, line {line}: no key '{column}'; keys found: {', '.join(record)}. "
-                    f"Set {settings.columns[role]} to match"
-                )
-        records.append(Record(line, {role: record[column] for role, column in columns.items()}))
-    return records
-
-
-def column_index(header: list[str], column: str, role: str, path: Path, settings: FileSettings) -> int:
-    if column in header:
-        return header.index(column)
-    raise UserInputError(
-        f"{path}, line 1: no {role} column '{column}'; columns found: {', '.join(header)}. "
-        f"Set {settings.columns[role]}"
-    )
+        return jsonl_records(text, path, columns, settings)
+    return delimited_records(text, path, columns, settings, delimiter=None)
 
 
 def checked_text(record: Record, path: Path, text_column: str) -> str:
     """The text as it is (whitespace included: it is part of the input), which must not be empty."""
     text = record.values["text"]
-    if not isinstance(text, str):
+    if text is not None and not isinstance(text, str):
         raise UserInputError(f"{path}, line {record.line}, key '{text_column}': the text must be a string")
-    if not text.strip():
+    if text is None or not text.strip():  # None: an empty cell of a table, or null in JSON
         raise UserInputError(
             f"{path}, line {record.line}, column '{text_column}': empty text; remove the row or fill it in"
         )

@@ -12,23 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from finetune_pipeline.config import DataConfig
+from finetune_pipeline import readers
 
 PACKAGE_NAME = "finetune-pipeline"
 CHUNK_BYTES = 1 << 20
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def data_fingerprints(data: DataConfig) -> dict[str, dict[str, str] | None]:
-    """sha256 of each split's file; None for a split carved out of the train file."""
+    """sha256 of each split's source (a file, a datasets folder, a hub split); None for a split carved out of
+    the train file."""
     files = {"train": data.train_file, "val": data.val_file, "test": data.test_file}
-    return {split: None if path is None else {"path": path, "sha256": file_sha256(Path(path))}
+    return {split: None if path is None else {"path": path, "sha256": readers.source_sha256(path, split)}
             for split, path in files.items()}
 
 

@@ -82,7 +82,11 @@ BAD_DATASETS: list[tuple[str, str, bytes, list[str]]] = [
     ("bytes that are not UTF-8", "train.csv", csv_bytes(GOOD_ROWS) + b"caf\xe9 movie,pos\n", ["not UTF-8", "line 50"]),
     ("invalid JSON line", "train.jsonl", b'{"text": "good", "label": "pos"}\n{"text": "bad",\n', ["line 2", "invalid JSON"]),
     ("JSON line without a label", "train.jsonl", b'{"text": "good"}\n', ["no key 'label'"]),
-    ("unsupported file type", "train.xlsx", b"not a table", ["unsupported file type"]),
+    ("unsupported file type", "train.docx", b"not a table", ["unsupported file type"]),
+    ("a broken spreadsheet", "train.xlsx", b"not a table", ["not a readable .xlsx workbook"]),
+    ("a broken Parquet file", "train.parquet", b"not a table", ["not a readable Parquet file"]),
+    ("a Windows-1251 export", "train.csv", csv_bytes(GOOD_ROWS) + "Отличный фильм,pos\n".encode("cp1251"),
+     ["line 50", "not UTF-8", "Windows-1251 Cyrillic: «Отличный фильм,pos»", '"cp1251"', "data.encoding"]),
     ("a directory instead of a file", "folder.csv", b"", ["is a directory"]),
 ]
 

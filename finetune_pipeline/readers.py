@@ -1,0 +1,368 @@
+"""Reading a labelled source into records: the files people really have.
+
+    .csv       delimited text: the delimiter is detected (, ; tab |) unless data.delimiter sets it
+    .tsv       tab-separated, no quoting (as GLUE ships it)
+    .jsonl     one JSON object per line
+    .parquet   through pyarrow                       (extra: finetune-pipeline[formats])
+    .xlsx      the first sheet, header in row 1      (extra: finetune-pipeline[formats])
+    a folder written by datasets' save_to_disk, or hf:NAME[:CONFIG][@SPLIT] from the hub (extra: formats)
+
+Text files are decoded with data.encoding (UTF-8 by default, with or without a byte-order mark; a
+UTF-16 file, which Excel writes as "Unicode text", is recognised by its byte-order mark). A file that
+does not decode gets an error saying what its bytes look like, for example Windows-1251 Cyrillic, the
+encoding of a CSV saved by a spreadsheet program in a Russian locale.
+
+Rows of tables (Parquet, Excel, datasets) are numbered like the lines of their CSV export: the header
+is line 1, the first row line 2.
+"""
+
+import codecs
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune_pipeline.errors import UserInputError
+
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
+TABLE_SUFFIXES = (".parquet", ".xlsx")
+SUPPORTED_SUFFIXES = (*TEXT_SUFFIXES, *TABLE_SUFFIXES)
+CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
+DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
+HUB_PREFIX = "hf:"
+DATASET_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")  # what save_to_disk writes
+# The split a datasets folder or hub dataset gives each role when no @SPLIT is named.
+DEFAULT_DATASET_SPLITS = {"train": ("train",), "val": ("validation", "val", "dev"), "test": ("test",)}
+FORMATS_EXTRA = 'pip install "finetune-pipeline[formats]"'
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+@dataclass(frozen=True)
+class FileSettings:
+    """The settings that name a file, its columns and its format: messages tell the user which one to change."""
+
+    file: str  # "data.val_file" in a config, "--data" on the command line
+    columns: dict[str, str]  # role ("text", "label") -> its setting, e.g. "data.text_column" or "--text-column"
+    role: str = "train"  # which split a datasets folder gives by default: train | val | test
+    delimiter: str | None = None  # the settings for the delimiter and the encoding, where there are such settings
+    encoding: str | None = None
+
+
+@dataclass
+class Record:
+    """One row (CSV, TSV, a table) or one line (JSON Lines), before its values are checked."""
+
+    line: int  # 1-based line where the record starts (for a table: its row + 1, as in its CSV export)
+    values: dict[str, object]  # role -> value: a string in CSV/TSV, any JSON value in JSON Lines and tables
+
+
+def read_records(source: str | Path, columns: dict[str, str], settings: FileSettings, delimiter: str | None = None,
+                 encoding: str = "utf-8") -> list[Record]:
+    """The values of the given columns (role -> column name) in every non-blank record of a source; delimiter
+    None: detected."""
+    location = str(source)
+    if location.startswith(HUB_PREFIX) or is_dataset_folder(dataset_location(location)[0]):
+        return dataset_records(location, columns, settings)
+    path = Path(location)
+    check_file(path, settings)
+    if path.suffix.lower() == ".parquet":
+        return parquet_records(path, columns, settings)
+    if path.suffix.lower() == ".xlsx":
+        return excel_records(path, columns, settings)
+    text = decode(path.read_bytes(), path, encoding, settings)
+    if not text.strip():
+        raise UserInputError(f"{path}: file is empty; {settings.file} must name a file with data")
+    if path.suffix.lower() == ".jsonl":
+        return jsonl_records(text, path, columns, settings)
+    return delimited_records(text, path, columns, settings, delimiter)
+
+
+def check_file(path: Path, settings: FileSettings, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> None:
+    if path.suffix.lower() not in suffixes:
+        datasets = ", or name a datasets folder or hf:NAME" if suffixes == SUPPORTED_SUFFIXES else ""
+        raise UserInputError(
+            f"{path}: unsupported file type '{path.suffix}'; {settings.file} must end in {', '.join(suffixes)}"
+            f"{datasets}"
+        )
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a directory (and not one written by datasets' save_to_disk); "
+                             f"{settings.file} must name a file")
+    if not path.exists():
+        raise UserInputError(
+            f"{path}: file not found (relative paths start from the current directory, {Path.cwd()}); "
+            f"fix {settings.file}, or run `finetune prepare-data` for the default dataset"
+        )
+    if path.stat().st_size == 0:
+        raise UserInputError(f"{path}: file is empty; {settings.file} must name a file with data")
+
+
+# ---- text: encoding and delimiter ----------------------------------------------------------------------------
+
+
+def decode(raw: bytes, path: Path, encoding: str, settings: FileSettings) -> str:
+    """The file's text. A byte-order mark decides by itself (Excel writes one); otherwise `encoding`, and when
+    the bytes are not in it, an error that says what they look like and both fixes."""
+    if raw.startswith(UTF16_BOMS):
+        return raw.decode("utf-16")
+    if codecs.lookup(encoding).name == "utf-8":
+        raw = raw.removeprefix(codecs.BOM_UTF8)  # Excel's byte-order mark is not part of the header
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        guess, name = guess_legacy_encoding(raw)
+        sample = raw.split(b"\n")[line - 1].decode(guess, errors="replace").strip()[:60]
+        setting = f"set {settings.encoding} to \"{guess}\", or " if settings.encoding else ""
+        raise UserInputError(
+            f"{path}, line {line}: bytes that are not {display_name(encoding)} ({raw[err.start:err.start + 4]!r}); "
+            "they decode as "
+            f"{name}: «{sample}». If that reads right, {setting}re-save the file as UTF-8 (in a spreadsheet "
+            "program: CSV UTF-8)"
+        ) from None
+
+
+def display_name(encoding: str) -> str:
+    return "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def guess_legacy_encoding(raw: bytes) -> tuple[str, str]:
+    """The usual code page of a spreadsheet export that is not UTF-8: (codec, name). A Russian word is written
+    entirely in bytes >= 0x80 in Windows-1251, while a word of a Western European language mixes a few accented
+    letters into ASCII ones: that tells the two apart."""
+    words = [word for word in raw.split() if any(byte >= 0x80 for byte in word)]
+    cyrillic_like = sum(all(byte >= 0x80 or not chr(byte).isalpha() for byte in word) for word in words)
+    if cyrillic_like * 2 >= len(words):
+        return "cp1251", "Windows-1251 Cyrillic"
+    return "cp1252", "Windows-1252 Western European"
+
+
+def delimited_records(text: str, path: Path, columns: dict[str, str], settings: FileSettings,
+                      delimiter: str | None) -> list[Record]:
+    is_tsv = path.suffix.lower() == ".tsv"
+    if delimiter is None:
+        delimiter = "\t" if is_tsv else detect_delimiter(text, columns)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                        quoting=csv.QUOTE_NONE if is_tsv else csv.QUOTE_MINIMAL)
+    header = next(reader)
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise UserInputError(f"{path}, line 1: duplicate column name(s) {duplicates}; rename them in the header")
+    indices = {role: column_index(header, column, role, path, settings, text, delimiter)
+               for role, column in columns.items()}
+    records = []
+    line = reader.line_num + 1
+    for row in reader:
+        if not any(field.strip() for field in row):  # blank line, e.g. at the end of the file
+            line = reader.line_num + 1
+            continue
+        if len(row) != len(header):
+            setting = f", or set {settings.delimiter} if the file separates fields with another character" \
+                if settings.delimiter else ""
+            raise UserInputError(
+                f"{path}, line {line}: {len(row)} fields but the header has {len(header)} (split on "
+                f"{delimiter_name(delimiter)}); check the delimiter and the quoting of that line{setting}"
+            )
+        records.append(Record(line, {role: row[index] for role, index in indices.items()}))
+        line = reader.line_num + 1
+    return records
+
+
+def header_fields(text: str, delimiter: str) -> list[str]:
+    return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+
+
+def detect_delimiter(text: str, columns: dict[str, str]) -> str:
+    """The delimiter on which the header holds the wanted columns; failing that, the one that splits it into the
+    most columns (the error about the missing column then shows that split)."""
+    headers = {delimiter: header_fields(text, delimiter) for delimiter in CANDIDATE_DELIMITERS}
+    for delimiter, header in headers.items():
+        if all(column in header for column in columns.values()):
+            return delimiter
+    return max(CANDIDATE_DELIMITERS, key=lambda delimiter: len(headers[delimiter]))  # ties: the first, ','
+
+
+def delimiter_name(delimiter: str) -> str:
+    return DELIMITER_NAMES.get(delimiter, repr(delimiter))
+
+
+def column_index(header: list[str], column: str, role: str, path: Path, settings: FileSettings, text: str,
+                 delimiter: str) -> int:
+    """The column's position; if it is missing, an error with the columns found and how the header splits on
+    the other usual delimiters: 'the header splits into 2 columns on ';': review, sentiment'."""
+    if column in header:
+        return header.index(column)
+    others = [f"on {delimiter_name(candidate)} into {len(fields)} columns: {', '.join(fields)}"
+              for candidate in CANDIDATE_DELIMITERS
+              if candidate != delimiter and len(fields := header_fields(text, candidate)) > 1]
+    split = (f" (split on {delimiter_name(delimiter)}{'; the header splits ' if others else ''}{'; '.join(others)})"
+             if others or delimiter != "," else "")
+    delimiter_fix = f", or {settings.delimiter} if the fields are separated by another character" \
+        if others and settings.delimiter else ""
+    raise UserInputError(
+        f"{path}, line 1: no {role} column '{column}'; columns found: {', '.join(header)}{split}. "
+        f"Set {settings.columns[role]}{delimiter_fix}"
+    )
+
+
+def jsonl_records(text: str, path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
+    records = []
+    # split on "\n" only: str.splitlines() would also split on U+2028 and friends, legal inside JSON strings
+    for line, content in enumerate(text.split("\n"), start=1):
+        if not content.strip():
+            continue
+        try:
+            record = json.loads(content)
+        except json.JSONDecodeError as err:
+            raise UserInputError(f"{path}, line {line}: invalid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise UserInputError(
+                f"{path}, line {line}: each line must be a JSON object with the keys {', '.join(columns.values())}"
+            )
+        for role, column in columns.items():
+            if column not in record:
+                raise UserInputError(
+                    f"{path}, line {line}: no key '{column}'; keys found: {', '.join(record)}. "
+                    f"Set {settings.columns[role]} to match"
+                )
+        records.append(Record(line, {role: record[column] for role, column in columns.items()}))
+    return records
+
+
+# ---- tables: Parquet, Excel, datasets --------------------------------------------------------------------------
+
+
+def table_records(source: str | Path, names: list[str], column_values: dict[str, list[Any]],
+                  columns: dict[str, str], settings: FileSettings) -> list[Record]:
+    """Records from a table given as its column names and {column: values}; rows count from line 2."""
+    for role, column in columns.items():
+        if column not in names:
+            raise UserInputError(f"{source}: no {role} column '{column}'; columns found: {', '.join(names)}. "
+                                 f"Set {settings.columns[role]}")
+    rows = len(next(iter(column_values.values()), []))
+    records = [Record(index + 2, {role: column_values[column][index] for role, column in columns.items()})
+               for index in range(rows)]
+    if not records:
+        raise UserInputError(f"{source}: has no rows; {settings.file} needs labelled examples")
+    return records
+
+
+def import_optional(module: str, what: str) -> Any:
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise UserInputError(f"reading {what} needs the optional package {module.split('.')[0]}: "
+                             f"{FORMATS_EXTRA}") from None
+
+
+def parquet_records(path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
+    parquet = import_optional("pyarrow.parquet", f"{path} (Parquet)")
+    try:
+        names = parquet.read_schema(path).names
+        wanted = [column for column in columns.values() if column in names]
+        table = parquet.read_table(path, columns=wanted)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserInputError(f"{path}: not a readable Parquet file ({err})") from None
+    return table_records(path, names, {name: table.column(name).to_pylist() for name in wanted}, columns, settings)
+
+
+def excel_records(path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
+    openpyxl = import_optional("openpyxl", f"{path} (Excel)")
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as err:  # openpyxl raises zipfile, KeyError and its own errors for a broken file
+        raise UserInputError(f"{path}: not a readable .xlsx workbook ({type(err).__name__}: {err})") from None
+    try:
+        rows = [list(row) for row in workbook.worksheets[0].iter_rows(values_only=True)]
+    finally:
+        workbook.close()
+    rows = [row for row in rows if any(cell is not None and str(cell).strip() for cell in row)]
+    if not rows:
+        raise UserInputError(f"{path}: the first sheet is empty; put a header row and the data there")
+    header = ["" if cell is None else str(cell).strip() for cell in rows[0]]
+    values = {name: [row[index] if index < len(row) else None for row in rows[1:]]
+              for index, name in enumerate(header) if name}
+    text_column = columns.get("text")
+    if text_column in values:  # a number typed into the text column is a text all the same
+        values[text_column] = [value if value is None or isinstance(value, str) else str(value)
+                               for value in values[text_column]]
+    return table_records(path, list(values), values, columns, settings)
+
+
+def dataset_location(location: str) -> tuple[str, str | None]:
+    """'folder@validation' -> ('folder', 'validation'); 'hf:nyu-mll/glue:sst2@train' -> ('hf:nyu-mll/glue:sst2',
+    'train')."""
+    base, at, split = location.rpartition("@")
+    return (base, split) if at and base and "/" not in split else (location, None)
+
+
+def is_dataset_folder(location: str) -> bool:
+    path = Path(location)
+    return path.is_dir() and any((path / marker).is_file() for marker in DATASET_MARKERS)
+
+
+def load_dataset_split(location: str, role: str) -> Any:
+    """The datasets.Dataset that a folder or hub id (with an optional @SPLIT) names for this role."""
+    datasets = import_optional("datasets", f"{location} (a Hugging Face dataset)")
+    base, split = dataset_location(location)
+    if base.startswith(HUB_PREFIX):  # needs the internet the first time; datasets caches it afterwards
+        name, _, config_name = base.removeprefix(HUB_PREFIX).partition(":")
+        try:
+            loaded = datasets.load_dataset(name, config_name or None)
+        except Exception as err:  # network, unknown name, missing config: datasets raises many kinds
+            raise UserInputError(f"{location}: could not load the dataset from the hub ({type(err).__name__}: "
+                                 f"{err}); check the name (hf:OWNER/NAME[:CONFIG][@SPLIT]) and the connection") from None
+    else:
+        loaded = datasets.load_from_disk(base)
+    if isinstance(loaded, datasets.Dataset):
+        if split is not None:
+            raise UserInputError(f"{location}: this dataset has no splits; drop '@{split}'")
+        return loaded
+    names = list(loaded)
+    chosen = split or next((name for name in DEFAULT_DATASET_SPLITS[role] if name in loaded), None)
+    if chosen not in loaded:
+        raise UserInputError(f"{location}: no split {chosen or 'for ' + role!r}; splits found: {', '.join(names)}. "
+                             f"Name one as {base}@SPLIT")
+    return loaded[chosen]
+
+
+def dataset_records(location: str, columns: dict[str, str], settings: FileSettings) -> list[Record]:
+    dataset = load_dataset_split(location, settings.role)
+    names = list(dataset.column_names)
+    wanted = [column for column in columns.values() if column in names]
+    values = dataset.select_columns(wanted).to_dict()
+    for column in wanted:  # a ClassLabel column holds ids: the names are the labels people know
+        names_of = getattr(dataset.features[column], "names", None)
+        if names_of:
+            values[column] = [None if value is None else names_of[value] for value in values[column]]
+    return table_records(location, names, values, columns, settings)
+
+
+# ---- fingerprints ----------------------------------------------------------------------------------------------
+
+
+def source_sha256(location: str, role: str) -> str:
+    """sha256 of what a source holds: a file's bytes, or every file of a datasets folder (by relative path), or
+    the cached Arrow files of a hub dataset's split."""
+    base, _ = dataset_location(location)
+    if base.startswith(HUB_PREFIX):
+        dataset = load_dataset_split(location, role)
+        return files_sha256([Path(entry["filename"]) for entry in dataset.cache_files], root=None)
+    if is_dataset_folder(base):
+        folder = Path(base)
+        return files_sha256(sorted(path for path in folder.rglob("*") if path.is_file()), root=folder)
+    return files_sha256([Path(location)], root=None)
+
+
+def files_sha256(paths: list[Path], root: Path | None) -> str:
+    """One file: the sha256 of its bytes (what `sha256sum` prints). Several: of each name and content in turn."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if len(paths) > 1 or root is not None:
+            digest.update(str(path.relative_to(root) if root else path.name).encode() + b"\0")
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
