@@ -101,7 +101,8 @@ def sweep_from_runs(run_dirs: list[Path], seeds: list[int] | None, extra_overrid
     for run_dir, config in zip(run_dirs, configs, strict=True):
         differences = {key: new for key, (_, new) in changed_values(flatten(base), flatten(config)).items()
                        if key != "seed" and key not in extra_overrides}
-        members.append((Path(run_dir).name, differences, config.get("seed")))
+        changed = f" with {member_name(extra_overrides)}" if extra_overrides else ""  # the name says what --set did
+        members.append((f"{Path(run_dir).name}{changed}", differences, config.get("seed")))
     sweep = Sweep("from-run", ", ".join(map(str, run_dirs)), "the runs' own configs, rerun with other seeds",
                   apply_overrides(base, extra_overrides))
     config_from_dict(sweep.base_config, f"--from-run {run_dirs[0]} with --set")  # a bad --set fails the sweep now

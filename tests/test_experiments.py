@@ -277,3 +277,14 @@ def test_sweep_needs_a_preset_or_runs_but_not_both(capsys):
     assert cli.main(["sweep"]) == EXIT_BAD_INPUT
     assert cli.main(["sweep", "A", "--from-run", "somewhere"]) == EXIT_BAD_INPUT
     assert "one of the two" in capsys.readouterr().err
+
+
+def test_a_from_run_sweep_with_set_names_its_members_by_the_change(make_config, tmp_path):
+    from finetune_pipeline.sweep import sweep_from_runs
+
+    base = run_training(make_config(training={"epochs": 1}))
+    sweep = sweep_from_runs([base], [7, 8], {"training.learning_rate": 0.003})
+    assert [(member.name, member.seed, member.overrides) for member in sweep.members] == [
+        (f"{base.name} with learning_rate=0.003", 7, {}), (f"{base.name} with learning_rate=0.003", 8, {})]
+    assert sweep.base_config["training"]["learning_rate"] == 0.003
+    assert [member.seed for member in sweep_from_runs([base], None, {}).members] == [7]  # no seeds: the run's own
