@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command("evaluate", "score a trained run on any labelled file",
                        "  finetune evaluate finetune_pipeline/artifacts/20261126-101500 --data my_reviews.csv\n"
                        "  finetune evaluate RUN_DIR --data ../shared/data/sst2/dev.tsv --text-column content")
-    evaluate.add_argument("run_dir", help="a run folder")
+    evaluate.add_argument("run_dir", help="a run folder, or its transformers export (RUN_DIR/export/hf)")
     evaluate.add_argument("--data", required=True, help="a labelled .csv, .tsv or .jsonl file")
     evaluate.add_argument("--text-column", default=None, help="default: the run's data.text_column")
     evaluate.add_argument("--label-column", default=None, help="default: the run's data.label_column")
@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = command("predict", "label new texts with a trained run",
                       "  finetune predict finetune_pipeline/artifacts/20261126-101500 --text \"A warm, funny film.\"\n"
                       "  finetune predict RUN_DIR --input reviews.csv --output predictions.csv\n"
-                      "  finetune predict RUN_DIR --input reviews.txt --output predictions.jsonl")
-    predict.add_argument("run_dir", help="a run folder")
+                      "  finetune predict RUN_DIR --input reviews.txt --output predictions.jsonl\n"
+                      "  finetune predict RUN_DIR/export/hf --text \"Dull.\"\n"
+                      "  finetune predict RUN_DIR --runtime onnx --text \"Dull.\"    # RUN_DIR/export/onnx")
+    predict.add_argument("run_dir", help="a run folder or an export folder (finetune export)")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="a text to label (repeatable)")
     source.add_argument("--input",
@@ -102,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="with --input: the .csv or .jsonl file to write")
     predict.add_argument("--text-column", default=None, help="default: the run's data.text_column")
     predict.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    predict.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                         help="torch (default): a run folder or its transformers export; onnx: onnxruntime on "
+                              "the ONNX export (its folder, or the run folder that holds export/onnx)")
+
+    export = command("export", "write a completed run's model for transformers and onnxruntime, with a model card",
+                     "  finetune export finetune_pipeline/artifacts/20261126-101500      # RUN_DIR/export/hf\n"
+                     "  finetune export RUN_DIR --format all --checkpoint final --output exported/")
+    export.add_argument("run_dir", help="a completed run folder")
+    export.add_argument("--format", dest="export_format", choices=["hf", "onnx", "all"], default="hf",
+                        help="hf (default): a transformers folder; onnx: model.onnx for onnxruntime; all: both")
+    export.add_argument("--checkpoint", choices=["best", "final"], default="best",
+                        help="best (default): the best epoch's checkpoint; final: the last epoch's")
+    export.add_argument("--output", default=None, metavar="DIR",
+                        help="where the hf/ and onnx/ folders go (default: RUN_DIR/export)")
     return parser
 
 
@@ -145,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "compare": lambda: compare_command(args.runs, args.last, args.artifacts_root, args.output_dir, args.ref),
         "evaluate": lambda: evaluate_command(args.run_dir, args.data, args.text_column, args.label_column, args.name),
         "predict": lambda: predict_command(args.run_dir, args.text, args.input, args.output, args.text_column,
-                                           args.batch_size),
+                                           args.batch_size, args.runtime),
+        "export": lambda: export_command(args.run_dir, args.export_format, args.checkpoint, args.output),
     }
     return run_command(commands[args.command])
 
@@ -228,6 +245,11 @@ def format_plan(plan: dict[str, Any]) -> str:
         *(f"  {name}: mean {stats['mean']:.1f}, median {stats['p50']:.0f}, p95 {stats['p95']:.0f}, "
           f"max {stats['max']}; truncated {stats['truncated']} ({stats['truncated_share']:.1%})"
           for name, stats in plan["token_lengths"].items()),
+        "tokens per word: " + ", ".join(f"{name} {stats['tokens_per_word']:.2f}"
+                                        for name, stats in plan["tokenization"].items())
+        + f"; unknown tokens in train {plan['tokenization']['train']['unknown_token_share']:.1%} "
+          f"({plan['tokenization']['train']['script'].capitalize()} script)",
+        *([f"WARNING: {plan['language_warning']}"] if plan["language_warning"] else []),
         f"optimizer steps: {plan['optimizer_steps_per_epoch']} per epoch x {training['epochs']} epochs = "
         f"{plan['optimizer_steps_total']} (effective batch {plan['effective_batch_size']} = batch "
         f"{training['batch_size']} x accumulation {training['gradient_accumulation_steps']})",
@@ -313,18 +335,28 @@ def evaluate_command(run_dir: str, data: str, text_column: str | None, label_col
 
 
 def predict_command(run_dir: str, texts: list[str] | None, input_file: str | None, output_file: str | None,
-                    text_column: str | None, batch_size: int) -> None:
+                    text_column: str | None, batch_size: int, runtime: str) -> None:
     from finetune_pipeline.inference import predict_file, predict_texts
 
     if texts:
-        for prediction in predict_texts(Path(run_dir), texts, batch_size):
+        for prediction in predict_texts(Path(run_dir), texts, batch_size, runtime=runtime):
             probabilities = ", ".join(f"{label} {p:.3f}" for label, p in prediction.probabilities.items())
             print(f"{prediction.label}\t({probabilities})\t{prediction.text}")
         return
     if not output_file:
         raise UserInputError("predict --input needs --output, the .csv or .jsonl file to write the predictions to")
-    count = predict_file(Path(run_dir), Path(input_file), Path(output_file), text_column, batch_size)
+    count = predict_file(Path(run_dir), Path(input_file), Path(output_file), text_column, batch_size,
+                         runtime=runtime)
     print(f"labelled {count} texts: {output_file}")
+
+
+def export_command(run_dir: str, export_format: str, checkpoint: str, output: str | None) -> None:
+    from finetune_pipeline.export import export_run
+
+    for name, folder in export_run(Path(run_dir), export_format, checkpoint,
+                                   None if output is None else Path(output)).items():
+        size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        print(f"{name}: {folder} ({size / 2**20:,.1f} MiB)")
 
 
 def run_command(command: Callable[[], int | None]) -> int:

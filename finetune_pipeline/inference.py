@@ -1,9 +1,12 @@
 """Use a finished run: score its model on any labelled file, or label new texts.
 
-    run folder -> load_run (weights_only=True) -> tokenize as training did -> batches sorted by length
-               -> logits -> metrics (evaluate_file) or softmax probabilities (predict_texts, predict_file)
+    run folder or export folder -> the model -> tokenize as training did -> batches sorted by length
+        -> logits -> metrics (evaluate_file) or softmax probabilities (predict_texts, predict_file)
 
-Everything runs on the CPU, in the precision that the run's config asks for where the CPU does it well.
+Everything runs on the CPU. A run folder's checkpoint (load_run, weights_only=True) runs in the precision
+that the run's config asks for where the CPU does it well; an exported transformers folder (`finetune
+export`) runs in float32, the precision its parity with the run is tested in; an ONNX export runs in
+onnxruntime (runtime="onnx", float32).
 """
 
 import csv
@@ -12,9 +15,10 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.artifacts import BEST_MODEL_FILE, LoadedRun, load_run, write_atomically, write_json
 from finetune_pipeline.batching import TokenizedSplit, tokenize_split
@@ -31,15 +35,44 @@ from finetune_pipeline.data import (
 from finetune_pipeline.device import Precision, resolve_precision
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.evaluation import evaluate, predict_logits
+from finetune_pipeline.export import EXPORT_DIR, ONNX_DIR, hf_folder, onnx_folder
+from finetune_pipeline.model import TextClassifier
 
 EVALUATIONS_DIR = "evaluations"
 CPU = torch.device("cpu")  # load_run puts the model there
+FLOAT32 = Precision(requested="no", used="no", reason="")  # an export's: its parity with the run is tested in it
+RUNTIMES = ("torch", "onnx")
 INPUT_SUFFIXES = (*SUPPORTED_SUFFIXES, ".txt")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 # The command-line options that name the files and columns, for messages that say what to change.
 EVALUATE_SETTINGS = FileSettings(file="--data", columns={"text": "--text-column", "label": "--label-column"})
 PREDICT_SETTINGS = FileSettings(file="--input", columns={"text": "--text-column"})
+
+
+class Classifier(Protocol):
+    """A trained model ready to label texts: a TorchClassifier, or an onnx_folder.OnnxClassifier."""
+
+    label_names: list[str]
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int  # the run's data.max_length: texts are cut as in training
+    text_column: str  # the run's data.text_column, predict_file's default column
+
+    def logits(self, split: TokenizedSplit, batch_size: int) -> torch.Tensor:
+        """(examples, num_labels) float32, in the split's order."""
+
+
+@dataclass
+class TorchClassifier:
+    model: TextClassifier
+    label_names: list[str]
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    text_column: str
+    precision: Precision
+
+    def logits(self, split: TokenizedSplit, batch_size: int) -> torch.Tensor:
+        return predict_logits(self.model, split, batch_size, CPU, self.precision)
 
 
 @dataclass
@@ -57,18 +90,18 @@ def evaluate_file(
     name: str | None = None,
     checkpoint: str = BEST_MODEL_FILE,
 ) -> tuple[dict[str, Any], Path]:
-    """The run's metrics on a labelled file, also written to RUN_DIR/evaluations/<name>.json."""
+    """The run's metrics on a labelled file, also written to RUN_DIR/evaluations/<name>.json. run_dir may
+    also be an exported transformers folder (which then gets the evaluations/ folder)."""
     run_dir, data_file = Path(run_dir), Path(data_file)
     output = evaluation_path(run_dir, data_file.stem if name is None else name)
-    run = load_trained_run(run_dir, checkpoint)
+    run, precision, checkpoint = load_torch_model(run_dir, checkpoint)
     data = run.config.data
     examples = read_labelled_file(data_file, text_column or data.text_column, label_column or data.label_column,
                                   EVALUATE_SETTINGS)
     check_labels_seen_in_train(examples, run.label_names, "evaluation", str(data_file))
     split = tokenize_split(examples, run.label_names, run.tokenizer, data.max_length)
     # the batches of the run's own test evaluation: a CPU run's test file gives exactly its test metrics
-    metrics = evaluate(run.model, split, run.label_names, run.config.training.eval_batch_size, CPU,
-                       cpu_precision(run))
+    metrics = evaluate(run.model, split, run.label_names, run.config.training.eval_batch_size, CPU, precision)
     metrics.update(
         examples=len(examples),
         data_file=str(data_file.resolve()),
@@ -88,11 +121,11 @@ def evaluation_path(run_dir: Path, name: str) -> Path:
 
 
 def predict_texts(
-    run_dir: Path, texts: list[str], batch_size: int = 32, checkpoint: str = BEST_MODEL_FILE
+    run_dir: Path, texts: list[str], batch_size: int = 32, checkpoint: str = BEST_MODEL_FILE, runtime: str = "torch"
 ) -> list[Prediction]:
-    """The run's prediction for each text, in the order given."""
+    """The run's prediction for each text, in the order given (run_dir: see load_classifier)."""
     check_texts(texts)
-    return predictions_for(load_trained_run(Path(run_dir), checkpoint), texts, batch_size)
+    return predictions_for(load_classifier(Path(run_dir), checkpoint, runtime), texts, batch_size)
 
 
 def predict_file(
@@ -102,6 +135,7 @@ def predict_file(
     text_column: str | None = None,
     batch_size: int = 32,
     checkpoint: str = BEST_MODEL_FILE,
+    runtime: str = "torch",
 ) -> int:
     """Label every text of input_file and write the predictions to output_file; returns how many."""
     input_file, output_file = Path(input_file), Path(output_file)
@@ -112,16 +146,50 @@ def predict_file(
         )
     if output_file.resolve() == input_file.resolve():
         raise UserInputError(f"--output {output_file}: is the input file; write the predictions to another file")
-    run = load_trained_run(Path(run_dir), checkpoint)
-    texts = read_texts(input_file, text_column or run.config.data.text_column)
-    predictions = predictions_for(run, texts, batch_size)
+    classifier = load_classifier(Path(run_dir), checkpoint, runtime)
+    texts = read_texts(input_file, text_column or classifier.text_column)
+    predictions = predictions_for(classifier, texts, batch_size)
     if output_file.suffix.lower() == ".jsonl":
         content = predictions_jsonl(predictions)
     else:
-        content = predictions_csv(predictions, run.label_names)
+        content = predictions_csv(predictions, classifier.label_names)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(output_file, lambda file: file.write(content.encode("utf-8")))
     return len(predictions)
+
+
+def load_classifier(folder: Path, checkpoint: str, runtime: str) -> Classifier:
+    """runtime "torch": a run folder (its checkpoint) or an exported transformers folder; "onnx": an ONNX
+    export, given as its folder, an export folder holding it (onnx/) or a run folder (export/onnx/)."""
+    if runtime not in RUNTIMES:
+        raise UserInputError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx":
+        return onnx_folder.load_onnx_export(find_onnx_export(folder))
+    run, precision, _ = load_torch_model(folder, checkpoint)
+    data = run.config.data
+    return TorchClassifier(run.model, run.label_names, run.tokenizer, data.max_length, data.text_column, precision)
+
+
+def load_torch_model(folder: Path, checkpoint: str) -> tuple[LoadedRun, Precision, str]:
+    """(the model, the precision to run it in, the run's checkpoint file it holds), from a run folder or an
+    exported transformers folder; the folder's own files say which it is."""
+    if hf_folder.is_hf_export(folder):
+        run, exported_from = hf_folder.load_hf_export(folder)
+        return run, FLOAT32, exported_from
+    if onnx_folder.is_onnx_export(folder):
+        raise UserInputError(f"{folder}: is an ONNX export, which `finetune predict {folder} --runtime onnx` runs; "
+                             "for anything else give the run folder or its transformers export (export/hf)")
+    run = load_trained_run(folder, checkpoint)
+    return run, cpu_precision(run), checkpoint
+
+
+def find_onnx_export(folder: Path) -> Path:
+    """folder itself, its onnx/ (an export folder) or its export/onnx/ (a run folder): the first ONNX export."""
+    for candidate in (folder, folder / ONNX_DIR, folder / EXPORT_DIR / ONNX_DIR):
+        if onnx_folder.is_onnx_export(candidate):
+            return candidate
+    raise UserInputError(f"{folder}: no ONNX export there, nor in its {ONNX_DIR}/ or {EXPORT_DIR}/{ONNX_DIR}/; "
+                         "write one with `finetune export RUN_DIR --format onnx`")
 
 
 def load_trained_run(run_dir: Path, checkpoint: str) -> LoadedRun:
@@ -161,26 +229,26 @@ def read_texts(path: Path, text_column: str) -> list[str]:
     return [checked_text(record, path, text_column) for record in records]
 
 
-def predictions_for(run: LoadedRun, texts: list[str], batch_size: int) -> list[Prediction]:
+def predictions_for(classifier: Classifier, texts: list[str], batch_size: int) -> list[Prediction]:
     if batch_size < 1:
         raise UserInputError(f"--batch-size {batch_size}: must be 1 or more")
-    logits = predict_logits(run.model, tokenize_texts(run, texts), batch_size, CPU, cpu_precision(run))
+    logits = classifier.logits(tokenize_texts(classifier, texts), batch_size)
     label_ids = logits.argmax(dim=-1).tolist()  # as evaluate() decides, so both always agree
     probabilities = logits.softmax(dim=-1).tolist()
+    label_names = classifier.label_names
     return [
-        Prediction(text=text, label=run.label_names[label_id],
-                   probabilities=dict(zip(run.label_names, row, strict=True)))
+        Prediction(text=text, label=label_names[label_id], probabilities=dict(zip(label_names, row, strict=True)))
         for text, label_id, row in zip(texts, label_ids, probabilities, strict=True)
     ]
 
 
-def tokenize_texts(run: LoadedRun, texts: list[str]) -> TokenizedSplit:
+def tokenize_texts(classifier: Classifier, texts: list[str]) -> TokenizedSplit:
     """Token ids as training made them: the run's tokenizer, truncated to the run's data.max_length."""
     # tokenize_split also turns each label into its id; texts to label have none, so each carries the
     # first class as a stand-in that nothing reads.
-    stand_in = run.label_names[0]
+    stand_in = classifier.label_names[0]
     examples = [Example(text=text, label=stand_in, line=position) for position, text in enumerate(texts, start=1)]
-    return tokenize_split(examples, run.label_names, run.tokenizer, run.config.data.max_length)
+    return tokenize_split(examples, classifier.label_names, classifier.tokenizer, classifier.max_length)
 
 
 def predictions_csv(predictions: list[Prediction], label_names: list[str]) -> str:

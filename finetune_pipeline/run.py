@@ -19,6 +19,7 @@ from finetune_pipeline import artifacts, backbone_memo, distributed, run_lock
 from finetune_pipeline.batching import TokenizedSplit, length_statistics, tokenize_split
 from finetune_pipeline.config import Config
 from finetune_pipeline.data import Splits, describe_sources, load_splits
+from finetune_pipeline.language_check import language_warning, tokenization_report
 from finetune_pipeline.device import (
     Precision,
     allow_tf32,
@@ -66,6 +67,8 @@ class PreparedRun:
     backbone_parameters: int
     feature_keys: dict[str, dict[str, Any]]  # per split; empty without the feature cache
     cached_features: Found  # what the feature cache holds for those keys
+    tokenization: dict[str, dict[str, Any]]  # per split: script, tokens per word, unknown-token share
+    language_warning: str | None  # when the backbone's tokenizer does not seem to know the texts' language
 
     @property
     def uses_feature_cache(self) -> bool:
@@ -103,10 +106,10 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
             f"data.max_length: {config.data.max_length} is more than the backbone '{config.model.backbone}' "
             f"can read ({longest} tokens); set it to {longest} or less"
         )
-    tokenized = {
-        name: tokenize_split(examples, splits.label_names, tokenizer, config.data.max_length)
-        for name, examples in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test), strict=True)
-    }
+    examples = dict(zip(SPLIT_NAMES, (splits.train, splits.val, splits.test), strict=True))
+    tokenized = {name: tokenize_split(split, splits.label_names, tokenizer, config.data.max_length)
+                 for name, split in examples.items()}
+    tokenization = tokenization_report(examples, tokenized, tokenizer)
 
     cache_dir, location = Path(config.output.cache_dir), resolve_backbone(config.model.backbone)
     remembered = backbone_memo.recall(cache_dir, location) if uses_feature_cache(config) else None
@@ -136,7 +139,8 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
     elif config.training.gradient_checkpointing:
         enable_activation_checkpointing(model.backbone)
     return PreparedRun(config, device, precision, splits, model.to(device), tokenized, tokenizer.pad_token_id,
-                       backbone_before, backbone_parameters, keys, found)
+                       backbone_before, backbone_parameters, keys, found, tokenization,
+                       language_warning(tokenization, config.model.backbone))
 
 
 def look_up_features(
@@ -172,6 +176,8 @@ def dry_run(config: Config) -> dict[str, Any]:
         "split_sizes": prepared.splits.sizes(),
         "label_names": prepared.splits.label_names,
         "token_lengths": token_lengths(prepared),
+        "tokenization": prepared.tokenization,
+        "language_warning": prepared.language_warning,
         "uses_feature_cache": prepared.uses_feature_cache,
         "effective_batch_size": config.effective_batch_size(),
         "optimizer_steps_per_epoch": steps_per_epoch,
@@ -412,6 +418,8 @@ def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
         "split_sizes": splits.sizes(),
         "label_names": splits.label_names,
         "token_lengths": token_lengths(prepared),
+        "tokenization": prepared.tokenization,
+        "language_warning": prepared.language_warning,
         "seed": config.seed,
         "config_hash": config.fingerprint(),
         "data_files": data_fingerprints(config.data),
@@ -456,6 +464,10 @@ def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: dict[str, Any])
     log_event("start", run_dir=run_dir, seed=config.seed, config_hash=metrics["config_hash"][:12],
               device=metrics["device"], backbone=config.model.backbone)
     log_event("data_sources", **describe_sources(config.data, config.seed))
+    log_event("tokenization", **{f"{name}_{key}": value for name, stats in prepared.tokenization.items()
+                                 for key, value in stats.items()})
+    if prepared.language_warning:
+        log_event("language_warning", level=logging.WARNING, message=prepared.language_warning)
     log_event("data", **{f"{name}_size": size for name, size in prepared.splits.sizes().items()},
               labels=",".join(prepared.splits.label_names), max_length=config.data.max_length,
               **{f"{name}_truncated": stats["truncated"] for name, stats in metrics["token_lengths"].items()})
