@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "  finetune evaluate finetune_pipeline/artifacts/20261126-101500 --data my_reviews.csv\n"
                        "  finetune evaluate RUN_DIR --data ../shared/data/sst2/dev.tsv --text-column content")
     evaluate.add_argument("run_dir", help="a run folder, or its transformers export (RUN_DIR/export/hf)")
-    evaluate.add_argument("--data", required=True, help="a labelled .csv, .tsv or .jsonl file")
+    evaluate.add_argument("--data", required=True,
+                          help="a labelled .csv, .tsv, .jsonl, .parquet or .xlsx file, or a datasets folder")
     evaluate.add_argument("--text-column", default=None, help="default: the run's data.text_column")
     evaluate.add_argument("--label-column", default=None, help="default: the run's data.label_column")
     evaluate.add_argument("--name", default=None,
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="a text to label (repeatable)")
     source.add_argument("--input",
-                        help="a .csv, .tsv or .jsonl file with a text column, or .txt with one text per line")
+                        help="a .csv, .tsv, .jsonl, .parquet or .xlsx file or a datasets folder with a text column, "
+                             "or .txt with one text per line")
     predict.add_argument("--output", help="with --input: the .csv or .jsonl file to write")
     predict.add_argument("--text-column", default=None, help="default: the run's data.text_column")
     predict.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")

@@ -14,16 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from finetune_pipeline.config import DataConfig
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.readers import (
-    SUPPORTED_SUFFIXES,
-    FileSettings,
-    Record,
-    check_file,
-    decode,
-    delimited_records,
-    jsonl_records,
-    read_records,
-)
+from finetune_pipeline.readers import FileSettings, Record, read_records
 
 MISSING_LABEL_SPELLINGS = {"", "nan", "none", "null", "na", "n/a"}
 
@@ -121,22 +112,6 @@ def read_labelled_file(path: Path | str, text_column: str, label_column: str, se
         raise UserInputError(f"{path}: has a header but no rows; {settings.file} needs labelled examples")
     return [Example(text=checked_text(record, path, text_column), label=checked_label(record, path, label_column),
                     line=record.line) for record in records]
-
-
-def read_utf8(path: Path, settings: FileSettings, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> str:
-    """A UTF-8 text file's content (predict's plain-text input)."""
-    check_file(path, settings, suffixes)
-    text = decode(path.read_bytes(), path, "utf-8", settings)
-    if not text.strip():
-        raise UserInputError(f"{path}: file is empty; {settings.file} must name a file with data")
-    return text
-
-
-def parse_records(text: str, path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
-    """The values of the given columns in every non-blank record of a CSV, TSV or JSON Lines text."""
-    if path.suffix.lower() == ".jsonl":
-        return jsonl_records(text, path, columns, settings)
-    return delimited_records(text, path, columns, settings, delimiter=None)
 
 
 def checked_text(record: Record, path: Path, text_column: str) -> str:

@@ -22,27 +22,18 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.artifacts import BEST_MODEL_FILE, LoadedRun, load_run, write_atomically, write_json
 from finetune_pipeline.batching import TokenizedSplit, tokenize_split
-from finetune_pipeline.data import (
-    SUPPORTED_SUFFIXES,
-    Example,
-    FileSettings,
-    check_labels_seen_in_train,
-    checked_text,
-    parse_records,
-    read_labelled_file,
-    read_utf8,
-)
+from finetune_pipeline.data import Example, check_labels_seen_in_train, checked_text, read_labelled_file
 from finetune_pipeline.device import Precision, resolve_precision
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.evaluation import evaluate, predict_logits
 from finetune_pipeline.export import EXPORT_DIR, ONNX_DIR, hf_folder, onnx_folder
 from finetune_pipeline.model import TextClassifier
+from finetune_pipeline.readers import FileSettings, check_file, decode, read_records
 
 EVALUATIONS_DIR = "evaluations"
 CPU = torch.device("cpu")  # load_run puts the model there
 FLOAT32 = Precision(requested="no", used="no", reason="")  # an export's: its parity with the run is tested in it
 RUNTIMES = ("torch", "onnx")
-INPUT_SUFFIXES = (*SUPPORTED_SUFFIXES, ".txt")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 # The command-line options that name the files and columns, for messages that say what to change.
@@ -219,11 +210,13 @@ def check_texts(texts: list[str]) -> None:
 
 
 def read_texts(path: Path, text_column: str) -> list[str]:
-    """Texts to label: a column of a CSV, TSV or JSON Lines file, or each non-blank line of a .txt file."""
-    content = read_utf8(path, PREDICT_SETTINGS, INPUT_SUFFIXES)
+    """Texts to label: a column of any source the training readers take (CSV, TSV, JSON Lines, Parquet, Excel,
+    datasets), or each non-blank line of a UTF-8 .txt file."""
     if path.suffix.lower() == ".txt":
+        check_file(path, PREDICT_SETTINGS, (".txt",))
+        content = decode(path.read_bytes(), path, "utf-8", PREDICT_SETTINGS)
         return [line.removesuffix("\r") for line in content.split("\n") if line.strip()]
-    records = parse_records(content, path, {"text": text_column}, PREDICT_SETTINGS)
+    records = read_records(path, {"text": text_column}, PREDICT_SETTINGS)
     if not records:
         raise UserInputError(f"{path}: has a header but no rows; --input needs texts to label")
     return [checked_text(record, path, text_column) for record in records]

@@ -191,3 +191,18 @@ def test_without_the_formats_extra_the_error_says_what_to_install(tmp_path, monk
     path.write_bytes(b"anything")
     with pytest.raises(UserInputError, match=r'pip install "finetune-pipeline\[formats\]"'):
         read(path)
+
+
+def test_predict_reads_the_same_formats(make_config, tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as parquet
+
+    from finetune_pipeline.inference import predict_file
+    from finetune_pipeline.run import run_training
+
+    run_dir = run_training(make_config(training={"epochs": 1}))
+    texts = ["good movie", "awful plot", "the film was fun"]
+    parquet.write_table(pyarrow.table({"text": texts}), tmp_path / "new.parquet")
+    assert predict_file(run_dir, tmp_path / "new.parquet", tmp_path / "out.jsonl") == 3
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["text"] for row in written] == texts
