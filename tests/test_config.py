@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from finetune_pipeline.config import Config, config_from_dict, flatten, load_config
+from finetune_pipeline.config import Config, config_from_dict, flatten, key_table, load_config
 from finetune_pipeline.errors import EXIT_BAD_INPUT, UserInputError
 
 REPO_ROOT = Path(__file__).parents[1]
@@ -276,3 +277,13 @@ def test_the_installed_console_script_runs_and_reports_bad_input(tmp_path):
                             cwd=tmp_path)
     assert result.returncode == 2
     assert "did you mean 'training.epochs'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_readme_key_table_is_the_schemas():
+    """Defaults and knob descriptions live in config.py only: the README's table is generated from it."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert key_table() in readme, ("README.md's key table differs from the schema; regenerate it with\n"
+                                   "python -c 'from finetune_pipeline.config import key_table; print(key_table())'")
+    documented = set(re.findall(r"^\| `([a-z_.{},]+)` \|", key_table(), flags=re.MULTILINE))
+    leaves = {key for key in flatten(Config().to_plain()) if ".columns." not in key and ".formats." not in key}
+    assert leaves <= documented  # every knob has its row
