@@ -26,7 +26,7 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
-from finetune_pipeline import compare, report, sweep
+from finetune_pipeline import compare, report, run_selection, sweep
 from finetune_pipeline.artifacts import CONFIG_FILE, METRICS_FILE, read_json_object
 from finetune_pipeline.config import Config, DataConfig, apply_overrides, config_from_dict, read_config_file
 from finetune_pipeline.default_dataset import prepare_default_dataset
@@ -325,10 +325,10 @@ def compare_runs(runs: RunLike | Iterable[RunLike], ref: RunLike | None = None,
     if not targets:
         raise UserInputError("ft.compare_runs: give the runs to compare (Runs, run folders or a sweep folder)")
     reference = None if ref is None else folder_of(ref)
-    run_dirs = compare.resolve_run_dirs(targets, None, Path("."), reference)
+    run_dirs = run_selection.resolve_run_dirs(targets, None, Path("."), reference)
     if output_dir is None:
         single_sweep = len(targets) == 1 and (Path(targets[0]) / sweep.SWEEP_FILE).is_file()
-        output_dir = targets[0] if single_sweep else compare.default_output_dir(run_dirs[0].parent)
+        output_dir = targets[0] if single_sweep else run_selection.default_output_dir(run_dirs[0].parent)
     comparison = compare.compare_runs(run_dirs, Path(output_dir), reference_given=ref is not None)
     table = import_pandas().read_csv(comparison.csv_path, dtype=dict.fromkeys(COMPARE_TEXT_COLUMNS, str))
     return CompareResult(table, comparison.warnings, comparison.notes, comparison.resolution, Path(output_dir))

@@ -314,7 +314,8 @@ def sweep_command(name_or_path: str | None, from_runs: list[str], seeds: list[in
 
 def compare_command(targets: list[str], last: int | None, artifacts_root: str, output_dir: str | None,
                     reference: str | None = None) -> None:
-    from finetune_pipeline.compare import compare_runs, default_output_dir, print_comparison, resolve_run_dirs
+    from finetune_pipeline.compare import compare_runs, print_comparison
+    from finetune_pipeline.run_selection import default_output_dir, resolve_run_dirs
 
     if not targets and last is None:
         raise UserInputError("compare: name run or sweep folders, a glob, or --last N")

@@ -180,6 +180,15 @@ class TrainingConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description=(
         "`auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `mps`"))
 
+    @property
+    def uses_feature_cache(self) -> bool:
+        """The frozen backbone runs once per text and the head trains on its stored features."""
+        return self.freeze_backbone and self.cache_features
+
+
+# Keys that training never reads while the backbone is frozen (so no factor of a comparison involving such a run).
+FROZEN_BACKBONE_IGNORES = frozenset({"training.encoder_learning_rate", "training.gradient_checkpointing"})
+
 
 class OutputConfig(StrictModel):
     artifacts_root: str = Field("finetune_pipeline/artifacts", description="where run folders are created")

@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from finetune_pipeline.compare import (
-    BELOW_RESOLUTION, BEYOND_NOISE, NOISE_UNKNOWN, REFERENCE, WITHIN_NOISE, compare_runs, default_output_dir,
-    print_comparison, resolve_run_dirs,
-)
+from finetune_pipeline.compare import compare_runs, print_comparison
+from finetune_pipeline.run_selection import default_output_dir, resolve_run_dirs
+from finetune_pipeline.seed_noise import BELOW_RESOLUTION, BEYOND_NOISE, NOISE_UNKNOWN, REFERENCE, WITHIN_NOISE
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.run import run_training
 from finetune_pipeline.stability import loss_stability
