@@ -51,7 +51,7 @@ def fingerprint_of(hashes: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def compare(before: Snapshot, module: nn.Module) -> dict[str, Any]:
+def tensor_changes(before: Snapshot, module: nn.Module) -> dict[str, Any]:
     after = module.state_dict()
     after_hashes = {name: tensor_sha256(tensor) for name, tensor in after.items()}
     changed = [name for name in after if after_hashes[name] != before.hashes[name]]
@@ -97,8 +97,8 @@ def build_freeze_proof(
         backbone_report = {"tensors_total": len(backbone_before.hashes), "tensors_changed": 0,
                            "max_abs_change": 0.0, "tensors": {}}
     else:
-        backbone_report = compare(backbone_before, backbone)
-    head_report = compare(head_before, head)
+        backbone_report = tensor_changes(backbone_before, backbone)
+    head_report = tensor_changes(head_before, head)
     backbone_changed = backbone_report["tensors_changed"] > 0
     return {
         "freeze_backbone": freeze_backbone,
