@@ -197,7 +197,7 @@ def load_run(run_dir: str | Path, checkpoint: str = BEST_MODEL_FILE) -> LoadedRu
     run_dir = Path(run_dir)
     payload = load_checkpoint(run_dir / checkpoint)
     config = config_from_dict(payload["config"], source=str(run_dir / checkpoint))
-    model, tokenizer = build_model(config.model, num_labels=len(payload["label_names"]), freeze=False)
+    model, tokenizer = build_model(config.model, num_labels=len(payload["label_names"]))
     restore_weights(model, payload, run_dir / checkpoint)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}

@@ -129,10 +129,11 @@ def length_statistics(split: TokenizedSplit, max_length: int) -> dict[str, float
     }
 
 
-def training_batches(
+def training_steps(
     lengths: list[int], batch_size: int, accumulation: int, seed: int, epoch: int, group_by_length: bool
-) -> list[list[int]]:
-    """The epoch's micro-batches of example indices, a pure function of its arguments.
+) -> list[list[list[int]]]:
+    """The epoch's optimizer steps, each a list of micro-batches of example indices; a pure function of its
+    arguments.
 
     Examples are first dealt into optimizer steps of batch_size x accumulation examples, then each step
     is cut into micro-batches. Which examples share a step therefore depends only on the effective
@@ -160,7 +161,15 @@ def training_batches(
             first = max(range(len(steps)), key=lambda position: max(lengths[index] for index in steps[position]))
             steps = [steps[first], *steps[:first], *steps[first + 1 :]]
         steps += short_step
-    return [step[start : start + batch_size] for step in steps for start in range(0, len(step), batch_size)]
+    return [[step[start : start + batch_size] for start in range(0, len(step), batch_size)] for step in steps]
+
+
+def training_batches(
+    lengths: list[int], batch_size: int, accumulation: int, seed: int, epoch: int, group_by_length: bool
+) -> list[list[int]]:
+    """The same micro-batches as training_steps, in one list, in the order the training loop sees them."""
+    steps = training_steps(lengths, batch_size, accumulation, seed, epoch, group_by_length)
+    return [micro_batch for step in steps for micro_batch in step]
 
 
 def evaluation_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

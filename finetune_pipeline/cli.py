@@ -219,10 +219,7 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
         run_dir = run_training(config, origin={"config_file": config_path, "overrides": overrides})
     except OutOfMemory as error:
         raise add_rerun_command(error, config_path, overrides) from None
-    finally:
-        is_main = distributed.world().is_main
-        distributed.stop()
-    if is_main:
+    if distributed.launched().is_main:  # under torchrun, rank 0 alone reports
         print(f"run folder: {run_dir}")
 
 

@@ -7,11 +7,16 @@ meet (MASTER_ADDR, MASTER_PORT). Every process runs the same run: same config, s
 order. Each optimizer step's examples are dealt across the processes, each computes the gradient of its
 share, and DistributedDataParallel sums the shares before the update, so every process holds the same
 weights. Evaluation and feature extraction split their batches across the processes and gather the
-results. Only rank 0 writes files and logs. Run without torchrun, everything here is a no-op.
+results. Every process runs the same code; only rank 0 writes files and logs (main_process_only). Run
+without torchrun, everything here is a no-op.
 """
 
+import contextlib
+import functools
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -39,21 +44,54 @@ def world() -> World:
     return _world
 
 
-def start(device_type: str) -> World:
-    """Join the process group when torchrun started this process (gloo on CPU, nccl on CUDA)."""
+def launched() -> World:
+    """This process as torchrun started it (RANK, WORLD_SIZE, LOCAL_RANK; without torchrun, the only one),
+    known before the process group is joined and after it is left."""
+    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                 int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextlib.contextmanager
+def process_group(device_type: str) -> Iterator[World]:
+    """For the span of a run: join the processes torchrun started (gloo on CPU, nccl on CUDA), then leave.
+
+    A failure in one process must end all of them, not leave the others waiting in a collective for a process
+    that never comes. So a process that fails leaves at once: it calls no collective on its way out, not even
+    destroy_process_group (under nccl that waits for this process's unfinished collectives, which never finish
+    once the processes have parted), and exits with its error message (rank 0 records the failure first,
+    which needs no other process). Its exit ends the others: under gloo their pending or next collective fails
+    at once ("Connection closed by peer"), tested without torchrun in tests/test_distributed.py; under nccl a
+    collective cannot notice a vanished peer, but torchrun, which watches every process it started, stops the
+    others as soon as one exits with an error (SIGTERM, and SIGKILL 30 s later for one stuck in a GPU wait).
+    Announcing the failure at the next collective instead cannot work: the others may be waiting in DDP's
+    gradient sum, which only a backward pass joins.
+    """
     global _world
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size > 1 and not dist.is_initialized():
+    if launched().distributed:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-        _world = World(dist.get_rank(), size, int(os.environ.get("LOCAL_RANK", "0")))
-    return _world
-
-
-def stop() -> None:
-    global _world
+        _world = launched()
+    try:
+        yield _world
+    except BaseException:
+        _world = World()  # leave without waiting for the others (see above)
+        raise
     if dist.is_initialized():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every process gets here together: nothing is left to wait for
     _world = World()
+
+
+Result = TypeVar("Result")
+Arguments = ParamSpec("Arguments")
+
+
+def main_process_only(write: Callable[Arguments, Result]) -> Callable[Arguments, Result | None]:
+    """For a function that writes (a file, train.log): it runs in rank 0 alone, and does nothing elsewhere."""
+
+    @functools.wraps(write)
+    def in_rank_0_only(*args: Arguments.args, **kwargs: Arguments.kwargs) -> Result | None:
+        return write(*args, **kwargs) if _world.is_main else None
+
+    return in_rank_0_only
 
 
 def progress_bar_disabled() -> bool | None:

@@ -159,12 +159,10 @@ class TextClassifier(nn.Module):
         return self.head(features)
 
 
-def build_model(config: ModelConfig, num_labels: int, freeze: bool) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
+def build_model(config: ModelConfig, num_labels: int) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
+    """The model with its pretrained backbone, and its tokenizer (to load a trained run's weights into)."""
     tokenizer, backbone_config = load_tokenizer(config.backbone)
-    model = TextClassifier(load_backbone(config.backbone), backbone_config, config, num_labels)
-    if freeze:
-        model.freeze_backbone()
-    return model, tokenizer
+    return TextClassifier(load_backbone(config.backbone), backbone_config, config, num_labels), tokenizer
 
 
 def count_parameters(model: TextClassifier, unloaded_backbone_parameters: int = 0) -> dict[str, int]:

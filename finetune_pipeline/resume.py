@@ -1,59 +1,50 @@
 """Resuming a run exactly where it stopped.
 
 Every output.checkpoint_every_steps optimizer steps, and at the end of each epoch, a run replaces its
-resume.pt with everything the next step depends on: the weights that train, AdamW's moments, the
-learning-rate schedule, the loss scaler, every random generator, the position in the epoch's batch
-order (a pure function of the seed and the epoch, see batching.training_batches), the best score so far
-and the running loss sums. Training is a deterministic function of that state and the data, so
-`finetune train --resume RUN_DIR` continues bit for bit where the checkpoint was taken (on a CPU;
-tested). Only the newest checkpoint is kept, and a completed run deletes it.
+resume.pt with the weights that train and the TrainingState (training.py): everything else the next step
+depends on, AdamW's moments, the learning-rate schedule, the loss scaler, every random generator, the
+position in the epoch's batch order (a pure function of the seed and the epoch, see
+batching.training_steps), the best score so far and the running loss sums. Training is a deterministic
+function of that state and the data, so `finetune train --resume RUN_DIR` continues bit for bit where
+the checkpoint was taken (on a CPU; tested). Only the newest checkpoint is kept, and a completed run
+deletes it.
 
 A resumed run must be the same run: the config, the data files and the code are checked against what
 the run recorded when it started.
 """
 
-import random
 import shlex
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from finetune_pipeline import artifacts, run_lock
 from finetune_pipeline.config import Config, config_from_dict
 from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.model import TextClassifier
 from finetune_pipeline.provenance import code_version, data_fingerprints
+from finetune_pipeline.training import TrainingState
 
 RESUME_FILE = "resume.pt"
-RESUME_FORMAT_VERSION = 1
+RESUME_FORMAT_VERSION = 2  # 2: {"weights", "training_state"}, the state as TrainingState.state_dict() writes it
 
 
-def rng_states() -> dict[str, Any]:
-    """Every random generator a run touches, as tensors and plain types (weights_only can read them)."""
-    version, mt_state, gauss_next = random.getstate()
-    _, numpy_keys, numpy_position, numpy_has_gauss, numpy_gauss = np.random.get_state()
-    return {
-        "python": [version, list(mt_state), gauss_next],
-        "numpy": [torch.from_numpy(numpy_keys.astype(np.int64)), numpy_position, numpy_has_gauss, numpy_gauss],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
+# What resume.pt holds is written and read back here, and nowhere else.
+def save_resume_checkpoint(run_dir: Path, weights: dict[str, Any], state: TrainingState) -> None:
+    """resume.pt, replaced atomically: weights as artifacts.checkpoint_payload makes them, and the training state."""
+    artifacts.save_torch(run_dir / RESUME_FILE, {"format_version": RESUME_FORMAT_VERSION, "weights": weights,
+                                                 "training_state": state.state_dict()})
 
 
-def restore_rng_states(states: dict[str, Any]) -> None:
-    version, mt_state, gauss_next = states["python"]
-    random.setstate((version, tuple(mt_state), gauss_next))
-    numpy_keys, numpy_position, numpy_has_gauss, numpy_gauss = states["numpy"]
-    np.random.set_state(("MT19937", numpy_keys.numpy().astype(np.uint32), numpy_position, numpy_has_gauss,
-                         numpy_gauss))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+def restore_resume_checkpoint(checkpoint: dict[str, Any], model: TextClassifier, state: TrainingState,
+                              run_dir: Path) -> None:
+    """Put a run back where its resume.pt was taken: the weights into model, everything else into state."""
+    artifacts.restore_weights(model, checkpoint["weights"], run_dir / RESUME_FILE)
+    state.load_state_dict(checkpoint["training_state"])
 
 
-def save_resume_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    artifacts.save_torch(run_dir / RESUME_FILE, {"format_version": RESUME_FORMAT_VERSION, **state})
+def resumed_step(checkpoint: dict[str, Any] | None) -> int:
+    """The optimizer step a resume checkpoint continues from; 0 without one (the run starts over)."""
+    return checkpoint["training_state"]["step"] if checkpoint is not None else 0
 
 
 def newest_unfinished_run(artifacts_root: Path) -> Path:

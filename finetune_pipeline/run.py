@@ -1,12 +1,20 @@
-"""One training run, start to finish: check the inputs, train, evaluate, and write the run folder.
+"""One training run, start to finish, in three phases:
 
-Everything that can be wrong with the user's input (config, data, backbone) is checked before the
-run folder exists, so a bad input leaves nothing behind.
+    prepare  check and load everything the run needs (prepare_run); nothing is written yet, so a bad input
+             (config, data, backbone) leaves nothing behind
+    execute  train and test (execute), the same steps in every process under torchrun
+    record   train.log, metrics.json, the checkpoints, the freeze proof and the report, all through one
+             RunFolder, whatever happens: a failed or interrupted run is recorded as such. Under torchrun
+             rank 0 alone writes.
+
+run_training starts a run, resume_training continues one; both go prepare -> execute.
 """
 
+import contextlib
 import logging
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,7 +25,7 @@ import transformers
 
 from finetune_pipeline import artifacts, backbone_memo, distributed, run_lock
 from finetune_pipeline.batching import TokenizedSplit, length_statistics, tokenize_split
-from finetune_pipeline.config import Config
+from finetune_pipeline.config import FROZEN_BACKBONE_IGNORES, Config
 from finetune_pipeline.data import Splits, describe_sources, load_splits
 from finetune_pipeline.language_check import language_warning, tokenization_report
 from finetune_pipeline.device import (
@@ -44,10 +52,16 @@ from finetune_pipeline.model import (
 )
 from finetune_pipeline.provenance import code_version, data_fingerprints
 from finetune_pipeline.report import write_run_report
-from finetune_pipeline.resume import RESUME_FILE, check_resumable, save_resume_checkpoint
+from finetune_pipeline.resume import (
+    RESUME_FILE,
+    check_resumable,
+    restore_resume_checkpoint,
+    resumed_step,
+    save_resume_checkpoint,
+)
+from finetune_pipeline.run_log import RunLogging, log_event, logger
 from finetune_pipeline.tensorboard_log import TensorBoardHandler, open_tensorboard
-from finetune_pipeline.run_log import LOGGER_NAME, RunLogging, log_event
-from finetune_pipeline.training import TrainingOutcome, optimizer_steps_per_epoch, train_model
+from finetune_pipeline.training import TrainingState, optimizer_steps_per_epoch, train_model
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -62,7 +76,6 @@ class PreparedRun:
     splits: Splits
     model: TextClassifier
     tokenized: dict[str, TokenizedSplit]
-    pad_token_id: int
     backbone_before: Snapshot  # the backbone's tensor hashes before training (remembered if it was not loaded)
     backbone_parameters: int
     feature_keys: dict[str, dict[str, Any]]  # per split; empty without the feature cache
@@ -72,15 +85,11 @@ class PreparedRun:
 
     @property
     def uses_feature_cache(self) -> bool:
-        return uses_feature_cache(self.config)
+        return self.config.training.uses_feature_cache
 
     @property
     def backbone_sha256(self) -> str:
         return fingerprint_of(self.backbone_before.hashes)
-
-
-def uses_feature_cache(config: Config) -> bool:
-    return config.training.freeze_backbone and config.training.cache_features
 
 
 def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
@@ -91,9 +100,9 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
     folder (backbone_memo), and training needs only the head.
     """
     device = resolve_device(config.training.device)
-    processes = distributed.start(device.type)  # under torchrun: join the other processes
+    processes = distributed.world()
     if device.type == "cuda" and processes.distributed:
-        device = torch.device("cuda", processes.local_rank)
+        device = torch.device("cuda", processes.local_rank)  # under torchrun, one GPU per process
         torch.cuda.set_device(device)
     precision = resolve_precision(config.training.mixed_precision, device)
     allow_tf32(device)
@@ -112,7 +121,7 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
     tokenization = tokenization_report(examples, tokenized, tokenizer)
 
     cache_dir, location = Path(config.output.cache_dir), resolve_backbone(config.model.backbone)
-    remembered = backbone_memo.recall(cache_dir, location) if uses_feature_cache(config) else None
+    remembered = backbone_memo.recall(cache_dir, location) if config.training.uses_feature_cache else None
     keys, found = look_up_features(config, tokenized, remembered.sha256, precision, device) if remembered else ({}, {})
     all_cached = remembered is not None and all(features is not None for features, _, _ in found.values())
 
@@ -123,7 +132,7 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
     else:
         backbone_before = snapshot(backbone, reload_original=lambda: load_backbone(config.model.backbone).state_dict())
         backbone_parameters = sum(parameter.numel() for parameter in backbone.parameters())
-        if uses_feature_cache(config) and not dry_run:
+        if config.training.uses_feature_cache and not dry_run:
             if processes.is_main:
                 backbone_memo.remember(cache_dir, location,
                                        backbone_memo.BackboneFingerprint(backbone_before.hashes, backbone_parameters))
@@ -138,8 +147,8 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
         model.freeze_backbone()
     elif config.training.gradient_checkpointing:
         enable_activation_checkpointing(model.backbone)
-    return PreparedRun(config, device, precision, splits, model.to(device), tokenized, tokenizer.pad_token_id,
-                       backbone_before, backbone_parameters, keys, found, tokenization,
+    return PreparedRun(config, device, precision, splits, model.to(device), tokenized, backbone_before,
+                       backbone_parameters, keys, found, tokenization,
                        language_warning(tokenization, config.model.backbone))
 
 
@@ -163,9 +172,10 @@ def enable_activation_checkpointing(backbone: torch.nn.Module) -> None:
 
 def dry_run(config: Config) -> dict[str, Any]:
     """What a run would do, and whether its heaviest step fits in memory; writes nothing."""
-    prepared = prepare_run(config, dry_run=True)
-    preflight = run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.device,
-                              prepared.precision, prepared.uses_feature_cache)
+    with distributed.process_group(resolve_device(config.training.device).type):
+        prepared = prepare_run(config, dry_run=True)
+        preflight = run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.device,
+                                  prepared.precision, prepared.uses_feature_cache)
     steps_per_epoch = optimizer_steps_per_epoch(len(prepared.splits.train), config.training)
     return {
         "config": config.to_plain(),
@@ -199,186 +209,234 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
     """
     started = time.perf_counter()
     reset_peak_process_memory()
-    prepared = prepare_run(config)
-    if not distributed.world().is_main:
-        return train_as_worker(prepared)
-    artifacts.check_free_space(config.output.artifacts_root, artifacts.expected_artifact_bytes(
-        prepared.model, backbone_included=not config.training.freeze_backbone))
-    run_dir = artifacts.create_run_dir(config.output.artifacts_root)
-    distributed.broadcast_from_main(str(run_dir))
-    artifacts.write_json(run_dir / artifacts.CONFIG_FILE, config.to_plain())
-    return execute_run(prepared, run_dir, initial_metrics(prepared) | (origin or {}), started)
-
-
-def train_as_worker(prepared: PreparedRun) -> Path:
-    """A process other than rank 0 under torchrun: the same steps as execute_run, in the same order (they
-    meet in every gradient sum, extraction and evaluation), with its share of the work; no files, no logs."""
-    logging.getLogger(LOGGER_NAME).disabled = True
-    run_dir = Path(str(distributed.broadcast_from_main(None)))
-    config, model = prepared.config, prepared.model
-    (train_split, val_split, test_split), _ = training_inputs(prepared)
-    best_state: dict[str, torch.Tensor] = {}
-
-    def remember_best(epoch: int, step: int) -> None:
-        best_state.update({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
-
-    train_model(model, train_split, val_split, prepared.splits.label_names, config, prepared.device,
-                prepared.precision, TrainingOutcome(), on_new_best=remember_best, on_epoch_end=lambda outcome: None,
-                save_state=None)
-    model.load_state_dict(best_state)
-    evaluate(model, test_split, prepared.splits.label_names, config.training.eval_batch_size, prepared.device,
-             prepared.precision)
-    return run_dir
+    with distributed.process_group(resolve_device(config.training.device).type):
+        prepared = prepare_run(config)
+        run = RunFolder.create(prepared, initial_metrics(prepared) | (origin or {}), started)
+        return execute(prepared, run)
 
 
 def resume_training(run_dir: Path, force: bool = False) -> Path:
     """Continue an interrupted or crashed run from its resume checkpoint, in its own folder."""
     config, metrics, checkpoint = check_resumable(run_dir, force)
-    from_step = checkpoint["step"] if checkpoint else 0  # no checkpoint yet: the run starts over
+    from_step = resumed_step(checkpoint)  # no checkpoint yet: the run starts over
     log_event("resuming", run_dir=run_dir, status=run_lock.run_status(run_dir, metrics), from_step=from_step)
     artifacts.remove_stale_temporaries(run_dir)
     started = time.perf_counter() - metrics.get("wall_time_s", 0.0)  # wall_time_s counts every session's time
     reset_peak_process_memory()
-    prepared = prepare_run(config)
-    metrics["resumed_from_steps"] = [*metrics.get("resumed_from_steps", []), from_step]
-    if checkpoint is None:
-        metrics |= initial_metrics(prepared)
-    return execute_run(prepared, run_dir, metrics, started, checkpoint)
+    with distributed.process_group(resolve_device(config.training.device).type):
+        prepared = prepare_run(config)
+        metrics["resumed_from_steps"] = [*metrics.get("resumed_from_steps", []), from_step]
+        if checkpoint is None:
+            metrics |= initial_metrics(prepared)
+        return execute(prepared, RunFolder(run_dir, prepared, metrics, started), checkpoint)
 
 
-def execute_run(
-    prepared: PreparedRun, run_dir: Path, metrics: dict[str, Any], started: float,
-    resume_checkpoint: dict[str, Any] | None = None,
-) -> Path:
-    """Train, test and write everything into run_dir, whatever happens; resume_checkpoint continues a run."""
-    config, model, device, precision, splits = (prepared.config, prepared.model, prepared.device, prepared.precision,
-                                                prepared.splits)
-    tensorboard = open_tensorboard(run_dir)  # None without the optional tensorboard package
-    outcome = TrainingOutcome()
-    with RunLogging(run_dir / artifacts.TRAIN_LOG_FILE, *filter(None, [tensorboard])), stop_signals_handled():
-        run_lock.acquire(run_dir)
-        metrics["status"] = "running"
-        if resume_checkpoint is None:
-            log_run_start(prepared, run_dir, metrics)
-        if "resumed_from_steps" in metrics:
-            log_event("resume", step=metrics["resumed_from_steps"][-1], checkpoint=run_dir / RESUME_FILE
-                      if resume_checkpoint else "none yet: starting over")
-        artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
+def execute(prepared: PreparedRun, run: "RunFolder", checkpoint: dict[str, Any] | None = None) -> Path:
+    """Train and test, the same steps in every process (they meet in every gradient sum, extraction and
+    evaluation); run records it all, whatever happens. checkpoint: resume.pt's contents, to continue from."""
+    config, model, device, precision = prepared.config, prepared.model, prepared.device, prepared.precision
+    label_names, training = prepared.splits.label_names, prepared.config.training
+    state = TrainingState.start(model, training, len(prepared.splits.train), device, precision)
+    with run.recording(state, resuming=checkpoint is not None):
+        check_memory(prepared, run.metrics)
+        head_before = snapshot(model.head)  # the seeded initial head, also when resuming
+        train_split, val_split, test_split = training_inputs(prepared, run.metrics)
+        if checkpoint is not None:
+            restore_resume_checkpoint(checkpoint, model, state, run.path)
+        train_model(model, train_split, val_split, label_names, config, device, precision, state, run)
+        run.save_model(artifacts.FINAL_MODEL_FILE, state.history[-1].epoch, state.step)
+        proof = build_freeze_proof(prepared.backbone_before, head_before, model.backbone, model.head,
+                                   training.freeze_backbone)
+        run.write_freeze_proof(proof)
+        run.load_best_model(model)  # test once, with the best checkpoint
+        test_metrics = evaluate(model, test_split, label_names, training.eval_batch_size, device, precision)
+        run.completed(test_metrics, proof)
+    return run.path
 
-        def record_epoch(outcome: TrainingOutcome) -> None:
-            metrics.update(progress_metrics(outcome))
-            metrics["wall_time_s"] = time.perf_counter() - started
-            artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
 
-        def save_model(file_name: str, epoch: int, step: int) -> None:
-            payload = artifacts.checkpoint_payload(model, splits.label_names, config, epoch, step,
-                                                   prepared.backbone_sha256)
-            artifacts.save_torch(run_dir / file_name, payload)
+def check_memory(prepared: PreparedRun, metrics: dict[str, Any]) -> None:
+    """Stop before training when the heaviest step is predicted not to fit (the preflight goes into metrics).
 
-        def save_state(state: dict[str, Any]) -> None:
-            model_payload = artifacts.checkpoint_payload(model, splits.label_names, config, state["epoch"],
-                                                         state["step"], prepared.backbone_sha256)
-            save_resume_checkpoint(run_dir, {**state, "model": model_payload})
+    With the feature cache the heaviest step is extraction, whose first batch is its longest: it fails fast by
+    itself, and a cache hit needs no backbone pass at all.
+    """
+    if prepared.uses_feature_cache:
+        return
+    preflight = run_preflight(prepared.model, prepared.tokenized["train"], prepared.config, prepared.device,
+                              prepared.precision, uses_feature_cache=False)
+    metrics["preflight"] = preflight.as_dict()
+    log_event("preflight", **metrics["preflight"])
+    check_fits(preflight, prepared.config)
 
+
+class RunFolder:
+    """The run folder, and every write into it: train.log, metrics.json, run.lock, the checkpoints, the freeze
+    proof and the report. Under torchrun every process holds one and makes the same calls: the methods marked
+    @distributed.main_process_only do their work in rank 0 alone, and the other processes' log is silent."""
+
+    def __init__(self, path: Path, prepared: PreparedRun, metrics: dict[str, Any], started: float) -> None:
+        self.path = path
+        self.prepared = prepared
+        self.metrics = metrics  # metrics.json as it will next be written
+        self.started = started  # time.perf_counter() when the run (its first session) started
+        self.tensorboard: TensorBoardHandler | None = None
+
+    @classmethod
+    def create(cls, prepared: PreparedRun, metrics: dict[str, Any], started: float) -> "RunFolder":
+        """A new folder under output.artifacts_root, with config.json: rank 0 makes it, the others learn where."""
+        path = distributed.broadcast_from_main(new_run_dir(prepared.config, prepared.model))
+        return cls(Path(path), prepared, metrics, started)
+
+    @contextlib.contextmanager
+    def recording(self, state: TrainingState, resuming: bool) -> Iterator[None]:
+        """For the span of a run: the log goes to train.log, Ctrl-C and SIGTERM stop between two optimizer steps,
+        and whatever happens, metrics.json, the lock and the report end up saying how the run ended."""
+        with self.train_log(), stop_signals_handled():
+            self.start(resuming)
+            try:
+                yield
+            except BaseException as error:
+                raise self.stopped(error, state) from None
+            finally:
+                self.finish()
+
+    @contextlib.contextmanager
+    def train_log(self) -> Iterator[None]:
+        """The package's log goes to train.log (and TensorBoard, when installed) in rank 0, nowhere elsewhere."""
+        if not distributed.world().is_main:
+            logger.disabled = True  # rank 0 speaks for every process
+            try:
+                yield
+            finally:
+                logger.disabled = False
+            return
+        self.tensorboard = open_tensorboard(self.path)  # None without the optional tensorboard package
+        with RunLogging(self.path / artifacts.TRAIN_LOG_FILE, *filter(None, [self.tensorboard])):
+            yield
+
+    def stopped(self, error: BaseException, state: TrainingState) -> BaseException:
+        """Record why the run stopped; returns the error to raise (out of memory, explained)."""
+        if is_out_of_memory(error):
+            error = out_of_memory(self.prepared.config, "during training", str(error).splitlines()[0])
+        interrupted = isinstance(error, KeyboardInterrupt)
+        self.metrics["status"] = "interrupted" if interrupted else "failed"
+        self.metrics["optimizer_steps"] = state.step  # the epochs' figures are in since each epoch's end
+        if interrupted:
+            if state.step > 0:  # signals wait for a step to complete: these are its weights
+                self.save_model(artifacts.FINAL_MODEL_FILE, len(state.history) + 1, state.step)
+            log_event("interrupted", level=logging.WARNING, signal=str(error) or "SIGINT", step=state.step,
+                      message=f"stopped; files written so far are complete. Continue with: finetune train --resume "
+                              f"{self.path}")
+        else:
+            self.metrics["error"] = f"{type(error).__name__}: {error}"
+            log_event("failed", level=logging.ERROR, error=self.metrics["error"])
+        if isinstance(error, (UserInputError, KeyboardInterrupt)):
+            error.run_dir = self.path  # the CLI names it: what the run wrote, and what --resume continues
+        return error
+
+    def load_best_model(self, model: TextClassifier) -> None:
+        """The best checkpoint's weights into model, in every process: rank 0 reads best_model.pt back from disk
+        (which also proves that the file loads) and sends it to the others."""
+        path = self.path / artifacts.BEST_MODEL_FILE
+        payload = artifacts.load_checkpoint(path) if distributed.world().is_main else None
+        artifacts.restore_weights(model, distributed.broadcast_from_main(payload), path)
+
+    # The writes, made by rank 0 alone.
+
+    @distributed.main_process_only
+    def start(self, resuming: bool) -> None:
+        run_lock.acquire(self.path)
+        self.metrics["status"] = "running"
+        if not resuming:
+            log_run_start(self.prepared, self.path, self.metrics)
+        if "resumed_from_steps" in self.metrics:
+            log_event("resume", step=self.metrics["resumed_from_steps"][-1], checkpoint=self.path / RESUME_FILE
+                      if resuming else "none yet: starting over")
+        artifacts.write_json(self.path / artifacts.METRICS_FILE, self.metrics)
+
+    @distributed.main_process_only
+    def record_epoch(self, state: TrainingState) -> None:
+        self.metrics.update(progress_metrics(state))
+        self.metrics["wall_time_s"] = time.perf_counter() - self.started
+        artifacts.write_json(self.path / artifacts.METRICS_FILE, self.metrics)
+
+    @distributed.main_process_only
+    def save_model(self, file_name: str, epoch: int, step: int) -> None:
+        artifacts.save_torch(self.path / file_name, self.model_payload(epoch, step))
+
+    @distributed.main_process_only
+    def save_best_model(self, state: TrainingState) -> None:
+        self.save_model(artifacts.BEST_MODEL_FILE, state.epoch, state.step)
+
+    @distributed.main_process_only
+    def save_resume_checkpoint(self, state: TrainingState) -> None:
+        if distributed.world().distributed:
+            return  # resuming a torchrun run is not supported: each process has its own random state
+        save_resume_checkpoint(self.path, self.model_payload(state.epoch, state.step), state)
+
+    @distributed.main_process_only
+    def write_freeze_proof(self, proof: dict[str, Any]) -> None:
+        artifacts.write_json(self.path / artifacts.FREEZE_PROOF_FILE, proof)
+        log_event("freeze_proof", backbone_changed=proof["backbone_changed"],
+                  consistent_with_config=proof["consistent_with_config"], head_changed=proof["head_changed"],
+                  level=logging.INFO if proof["consistent_with_config"] else logging.WARNING)
+
+    @distributed.main_process_only
+    def completed(self, test_metrics: dict[str, Any], proof: dict[str, Any]) -> None:
+        artifacts.save_torch(self.path / artifacts.HEAD_FILE, self.prepared.model.head.state_dict())  # the best head
+        self.metrics.update(
+            status="completed",
+            test_score=test_metrics[self.prepared.config.training.metric],
+            test_metrics=test_metrics,
+            freeze_proof={key: proof[key] for key in ("backbone_changed", "consistent_with_config", "head_changed")},
+        )
+        log_event("test", best_epoch=self.metrics["best_epoch"], test_score=self.metrics["test_score"],
+                  test_accuracy=test_metrics["accuracy"], test_macro_f1=test_metrics["macro_f1"])
+        (self.path / RESUME_FILE).unlink(missing_ok=True)  # a completed run cannot be resumed
+
+    @distributed.main_process_only
+    def finish(self) -> None:
+        """metrics.json as the run ends, the lock released, then curves.png, report.html and TensorBoard's
+        hparams, and for a completed run the `done` line. Also after a failure: a problem with the report is
+        logged, never raised, so that it cannot hide the run's own error."""
+        self.metrics["wall_time_s"] = time.perf_counter() - self.started
+        self.metrics["peak_memory_mb"] = peak_memory_mb(self.prepared.device)
+        artifacts.write_json(self.path / artifacts.METRICS_FILE, self.metrics)
+        run_lock.release(self.path)
         try:
-            if not prepared.uses_feature_cache:
-                # With the feature cache the heaviest step is extraction, whose first batch is its longest:
-                # it fails fast by itself, and a cache hit needs no backbone pass at all.
-                preflight = run_preflight(model, prepared.tokenized["train"], config, device, precision,
-                                          uses_feature_cache=False)
-                metrics["preflight"] = preflight.as_dict()
-                log_event("preflight", **metrics["preflight"])
-                check_fits(preflight, config)
+            if self.tensorboard is not None:
+                self.tensorboard.write_hparams(self.prepared.config.to_plain(), self.metrics)
+            write_run_report(self.path)
+        except OSError as error:
+            log_event("warning", level=logging.WARNING, message=f"report not written: {error}")
+        if self.metrics["status"] == "completed":
+            log_event("done", run_dir=self.path, wall_time_s=self.metrics["wall_time_s"],
+                      **{f"peak_{kind}_mb": value for kind, value in self.metrics["peak_memory_mb"].items()})
 
-            head_before = snapshot(model.head)  # the seeded initial head, also when resuming
-            metrics["backbone_sha256"] = prepared.backbone_sha256
-            (train_split, val_split, test_split), cache_status = training_inputs(prepared)
-            if cache_status:
-                metrics["feature_cache"] = cache_status
-            if resume_checkpoint is not None:
-                artifacts.restore_weights(model, resume_checkpoint["model"], run_dir / RESUME_FILE)
+    def model_payload(self, epoch: int, step: int) -> dict[str, Any]:
+        prepared = self.prepared
+        return artifacts.checkpoint_payload(prepared.model, prepared.splits.label_names, prepared.config, epoch, step,
+                                            prepared.backbone_sha256)
 
-            train_model(
-                model, train_split, val_split, splits.label_names, config, device, precision, outcome,
-                on_new_best=lambda epoch, step: save_model(artifacts.BEST_MODEL_FILE, epoch, step),
-                on_epoch_end=record_epoch, resume_from=resume_checkpoint,
-                # resuming a torchrun run is not supported: each process has its own random state
-                save_state=None if distributed.world().distributed else save_state,
-            )
-            save_model(artifacts.FINAL_MODEL_FILE, outcome.history[-1].epoch, outcome.steps)
-            proof = build_freeze_proof(prepared.backbone_before, head_before, model.backbone, model.head,
-                                       config.training.freeze_backbone)
-            artifacts.write_json(run_dir / artifacts.FREEZE_PROOF_FILE, proof)
-            log_event("freeze_proof", backbone_changed=proof["backbone_changed"],
-                      consistent_with_config=proof["consistent_with_config"], head_changed=proof["head_changed"],
-                      level=logging.INFO if proof["consistent_with_config"] else logging.WARNING)
 
-            # Test once, with the best checkpoint (read back from disk: this also proves the file loads).
-            best_path = run_dir / artifacts.BEST_MODEL_FILE
-            artifacts.restore_weights(model, artifacts.load_checkpoint(best_path), best_path)
-            artifacts.save_torch(run_dir / artifacts.HEAD_FILE, model.head.state_dict())
-            test_metrics = evaluate(model, test_split, splits.label_names, config.training.eval_batch_size,
-                                    device, precision)
-            metrics.update(
-                status="completed",
-                test_score=test_metrics[config.training.metric],
-                test_metrics=test_metrics,
-                freeze_proof={key: proof[key] for key in ("backbone_changed", "consistent_with_config", "head_changed")},
-            )
-            log_event("test", best_epoch=outcome.best_epoch, test_score=metrics["test_score"],
-                      test_accuracy=test_metrics["accuracy"], test_macro_f1=test_metrics["macro_f1"])
-            (run_dir / RESUME_FILE).unlink(missing_ok=True)  # a completed run cannot be resumed
-        except BaseException as error:
-            if is_out_of_memory(error):
-                error = out_of_memory(config, "during training", str(error).splitlines()[0])
-            interrupted = isinstance(error, KeyboardInterrupt)
-            metrics["status"] = "interrupted" if interrupted else "failed"
-            metrics["optimizer_steps"] = outcome.steps  # the epochs' figures are in since each epoch's end
-            if interrupted:
-                if outcome.steps > 0:  # signals wait for a step to complete: these are its weights
-                    save_model(artifacts.FINAL_MODEL_FILE, len(outcome.history) + 1, outcome.steps)
-                log_event("interrupted", level=logging.WARNING, signal=str(error) or "SIGINT", step=outcome.steps,
-                          message="stopped; files written so far are complete. Continue with: finetune train "
-                                  f"--resume {run_dir}")
-            else:
-                metrics["error"] = f"{type(error).__name__}: {error}"
-                log_event("failed", level=logging.ERROR, error=metrics["error"])
-            if isinstance(error, (UserInputError, KeyboardInterrupt)):
-                error.run_dir = run_dir  # the CLI names it: what the run wrote, and what --resume continues
-            raise error from None
-        finally:
-            metrics["wall_time_s"] = time.perf_counter() - started
-            metrics["peak_memory_mb"] = peak_memory_mb(device)
-            artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
-            run_lock.release(run_dir)
-            write_summaries(run_dir, config, metrics, tensorboard)
-        log_event("done", run_dir=run_dir, wall_time_s=metrics["wall_time_s"],
-                  **{f"peak_{kind}_mb": value for kind, value in metrics["peak_memory_mb"].items()})
+@distributed.main_process_only
+def new_run_dir(config: Config, model: TextClassifier) -> Path:
+    """Check the disk has room for the checkpoints, make the folder, write config.json into it."""
+    artifacts.check_free_space(config.output.artifacts_root, artifacts.expected_artifact_bytes(
+        model, backbone_included=not config.training.freeze_backbone))
+    run_dir = artifacts.create_run_dir(config.output.artifacts_root)
+    artifacts.write_json(run_dir / artifacts.CONFIG_FILE, config.to_plain())
     return run_dir
 
 
-def write_summaries(
-    run_dir: Path, config: Config, metrics: dict[str, Any], tensorboard: TensorBoardHandler | None
-) -> None:
-    """curves.png, report.html and TensorBoard's hparams, from what the run got to. Also after a failure:
-    a problem here is logged, never raised, so it cannot hide the run's own error."""
-    try:
-        if tensorboard is not None:
-            tensorboard.write_hparams(config.to_plain(), metrics)
-        write_run_report(run_dir)
-    except OSError as error:
-        log_event("warning", level=logging.WARNING, message=f"report not written: {error}")
-
-
-def training_inputs(
-    prepared: PreparedRun,
-) -> tuple[list[TokenizedSplit] | list[FeatureSplit], dict[str, str]]:
-    """train, val and test as the training loop takes them, and the feature cache's status per split (empty
-    without the cache): cached features with a frozen backbone, token ids otherwise."""
+def training_inputs(prepared: PreparedRun, metrics: dict[str, Any]) -> list[TokenizedSplit] | list[FeatureSplit]:
+    """train, val and test as the training loop takes them: cached features with a frozen backbone (the cache's
+    status per split goes into metrics), token ids otherwise."""
     if not prepared.uses_feature_cache:
-        return [prepared.tokenized[name] for name in SPLIT_NAMES], {}
+        return [prepared.tokenized[name] for name in SPLIT_NAMES]
     inputs = cached_feature_splits(prepared)
-    return [inputs[name][0] for name in SPLIT_NAMES], {name: status for name, (_, status) in inputs.items()}
+    metrics["feature_cache"] = {name: status for name, (_, status) in inputs.items()}
+    return [inputs[name][0] for name in SPLIT_NAMES]
 
 
 def cached_feature_splits(prepared: PreparedRun) -> dict[str, tuple[FeatureSplit, str]]:
@@ -434,6 +492,7 @@ def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
                                                                distributed.world().size),
         "parameters": count_parameters(prepared.model, 0 if prepared.model.backbone is not None
                                        else prepared.backbone_parameters),
+        "backbone_sha256": prepared.backbone_sha256,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "wall_time_s": 0.0,
@@ -442,19 +501,19 @@ def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
     }
 
 
-def progress_metrics(outcome: TrainingOutcome) -> dict[str, Any]:
+def progress_metrics(state: TrainingState) -> dict[str, Any]:
     return {
-        "best_val_score": outcome.best_val_score,
-        "best_epoch": outcome.best_epoch,
-        "val_metrics": outcome.best_val_metrics,
-        "optimizer_steps": outcome.steps,
-        "stopped_early": outcome.stopped_early,
-        "epoch_times_s": [record.time_s for record in outcome.history],
+        "best_val_score": state.best_val_score,
+        "best_epoch": state.best_epoch,
+        "val_metrics": state.best_val_metrics,
+        "optimizer_steps": state.step,
+        "stopped_early": state.stopped_early,
+        "epoch_times_s": [record.time_s for record in state.history],
         "history": [
             {"epoch": r.epoch, "train_loss": r.train_loss, "val_score": r.val_score,
              "val_accuracy": r.val_metrics["accuracy"], "val_macro_f1": r.val_metrics["macro_f1"], "time_s": r.time_s,
              "train_time_s": r.train_time_s}
-            for r in outcome.history
+            for r in state.history
         ],
     }
 
@@ -485,7 +544,8 @@ def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: dict[str, Any])
         log_event("precision", used=precision.used)
     defaults = type(training).model_fields
     if training.freeze_backbone:
-        for key in ("encoder_learning_rate", "gradient_checkpointing"):
-            if getattr(training, key) != defaults[key].default:
+        for key in sorted(FROZEN_BACKBONE_IGNORES):
+            name = key.removeprefix("training.")
+            if getattr(training, name) != defaults[name].default:
                 log_event("warning", level=logging.WARNING,
-                          message=f"training.{key} is ignored: the backbone is frozen (freeze_backbone=true)")
+                          message=f"{key} is ignored: the backbone is frozen (freeze_backbone=true)")

@@ -2,8 +2,10 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,77 @@ def test_what_torchrun_does_not_run_yet_is_refused_with_exit_2(monkeypatch, caps
     assert cli.main(arguments) == 2
     error = capsys.readouterr().err
     assert "under torchrun is not supported yet" in error and "Traceback" not in error
+
+
+# Run as each process of a two-process run: one process fails, in a way only it can.
+FAILING_PROCESS = """
+import sys
+from pathlib import Path
+
+from finetune_pipeline import artifacts, cli, distributed, training
+
+failing_rank = int(sys.argv.pop(1))
+real_save_torch, real_evaluate = artifacts.save_torch, training.evaluate
+
+
+def save_torch(path, payload):  # rank 0 writes; it fails on the first best model, at the end of epoch 1
+    if distributed.world().rank == 0 and Path(path).name == artifacts.BEST_MODEL_FILE:
+        raise OSError("disk full (injected on rank 0)")
+    real_save_torch(path, payload)
+
+
+def evaluate(*args, **kwargs):  # every process validates; rank 1 fails in epoch 1's validation
+    if distributed.world().rank == 1:
+        raise RuntimeError("out of luck (injected on rank 1)")
+    return real_evaluate(*args, **kwargs)
+
+
+if failing_rank == 0:
+    artifacts.save_torch = save_torch
+else:
+    training.evaluate = evaluate
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_failure_in_one_process_ends_both_with_its_message(make_config, tmp_path, failing_rank):
+    """The other process is left waiting in a collective (the gradient sum, or validation's gather) for one that
+    failed: both must exit with an error, promptly, and the failure's message must be printed. Started without
+    torchrun, whose agent would stop the survivor anyway: this checks the processes themselves."""
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(make_config(training={"epochs": 3}).to_plain()))
+    (tmp_path / "failing_process.py").write_text(FAILING_PROCESS)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes, logs = [], []
+    for rank in (0, 1):
+        logs.append((tmp_path / f"rank{rank}.log").open("w+"))
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        processes.append(subprocess.Popen(
+            [sys.executable, str(tmp_path / "failing_process.py"), str(failing_rank), "train", "--config",
+             str(config_path)], stdout=logs[-1], stderr=subprocess.STDOUT, cwd=tmp_path, env=env))
+    exited: dict[int, float] = {}
+    deadline = time.monotonic() + 180
+    try:
+        while len(exited) < 2 and time.monotonic() < deadline:
+            exited |= {rank: time.monotonic() for rank, process in enumerate(processes)
+                       if rank not in exited and process.poll() is not None}
+            time.sleep(0.1)
+    finally:
+        for process in processes:
+            process.kill()  # no-op for a process that exited
+            process.wait()
+    output = [log.seek(0) or log.read() for log in logs]
+    assert len(exited) == 2, f"a process hung: {output[1 - failing_rank][-2000:]}"
+    assert all(process.returncode not in (0, None) for process in processes), output
+    assert max(exited.values()) - min(exited.values()) < 30, "the other process outlived the failed one"
+    message = "disk full (injected on rank 0)" if failing_rank == 0 else "out of luck (injected on rank 1)"
+    assert message in output[failing_rank]
+    (run_dir,) = (tmp_path / "artifacts").iterdir()  # rank 0 recorded the failure: its own, or the other's
+    metrics = json.loads((run_dir / artifacts.METRICS_FILE).read_text())
+    assert metrics["status"] == "failed"
+    if failing_rank == 0:
+        assert message in metrics["error"]

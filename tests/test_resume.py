@@ -15,7 +15,7 @@ from finetune_pipeline import artifacts, cli, faults, run_lock
 from finetune_pipeline.compare import compare_runs
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.interruption import Interrupted
-from finetune_pipeline.resume import RESUME_FILE
+from finetune_pipeline.resume import RESUME_FILE, RESUME_FORMAT_VERSION
 from finetune_pipeline.run import resume_training, run_training
 from tests.conftest import REPO_ROOT
 
@@ -132,6 +132,20 @@ def test_other_code_is_refused_unless_forced(make_config, monkeypatch):
     with pytest.raises(UserInputError, match="--force"):
         resume_training(stopped)
     assert metrics_of(resume_training(stopped, force=True))["status"] == "completed"
+
+
+def test_a_resume_checkpoint_of_another_format_is_refused(make_config, monkeypatch):
+    config = make_config(output={"checkpoint_every_steps": 1})
+    interrupt_at(monkeypatch, "step", 2)
+    with pytest.raises(Interrupted):
+        run_training(config)
+    monkeypatch.delenv(faults.FAULT_VARIABLE)
+    stopped = max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
+    checkpoint = artifacts.load_checkpoint(stopped / RESUME_FILE)
+    assert checkpoint["format_version"] == RESUME_FORMAT_VERSION
+    artifacts.save_torch(stopped / RESUME_FILE, {**checkpoint, "format_version": RESUME_FORMAT_VERSION - 1})
+    with pytest.raises(UserInputError, match="written by another version of this package; start the run again"):
+        resume_training(stopped)
 
 
 def test_resume_without_a_folder_takes_the_newest_unfinished_run(make_config, monkeypatch, tmp_path, capsys):
