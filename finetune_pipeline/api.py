@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from finetune_pipeline import compare, report, run_selection, sweep
-from finetune_pipeline.artifacts import CONFIG_FILE, METRICS_FILE, read_json_object
+from finetune_pipeline.artifacts import CONFIG_FILE, CURVES_FILE, METRICS_FILE, read_json_object
 from finetune_pipeline.config import Config, DataConfig, apply_overrides, config_from_dict, read_config_file
 from finetune_pipeline.default_dataset import prepare_default_dataset
 from finetune_pipeline.errors import OutOfMemory, UserInputError
@@ -125,7 +125,7 @@ class Run:
             f"<p><b>Run {escape(str(self.dir))}</b>: {escape(str(self.metrics.get('status', 'status unknown')))}</p>",
             report.headline_section(self.metrics),
             report.precision_section(self.metrics),
-            png_tag(self.dir / report.CURVES_FILE, "train loss, val score and learning rate"),
+            png_tag(self.dir / CURVES_FILE, "train loss, val score and learning rate"),
         ])
 
 

@@ -32,6 +32,10 @@ FREEZE_PROOF_FILE = "freeze_proof.json"
 BEST_MODEL_FILE = "best_model.pt"
 FINAL_MODEL_FILE = "final_model.pt"
 HEAD_FILE = "classifier_head.pt"
+RESUME_FILE = "resume.pt"  # while a run is unfinished: the training state and the weights (resume.py)
+LOCK_FILE = "run.lock"  # while a run is running: which process holds it (run_lock.py)
+CURVES_FILE = "curves.png"
+REPORT_FILE = "report.html"
 
 CHECKPOINT_FORMAT_VERSION = 1
 

@@ -8,6 +8,7 @@ Two ideas save most of the compute on a weak machine:
 import functools
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,6 +29,29 @@ PAD_TO_MULTIPLE_OF = 8
 STEPS_PER_LENGTH_GROUP = 50
 
 SPLITS_REMEMBERED = 6  # two sets of train/val/test: a sweep that alternates two max_lengths still hits
+
+
+class Batch(Protocol):
+    """A batch the loop moves to the device and scores: token ids (TokenBatch) or cached features
+    (feature_cache.FeatureBatch)."""
+
+    labels: torch.Tensor  # (batch,)
+
+    def to(self, device: torch.device) -> "Batch": ...
+
+    def logits(self, model: "TextClassifier | DistributedDataParallel") -> torch.Tensor: ...  # (batch, num_labels)
+
+
+class InputSplit(Protocol):
+    """What training and evaluation read a split from: its token ids (TokenizedSplit) or, with a frozen backbone,
+    the backbone's cached features (feature_cache.FeatureSplit). Both batch alike, so one loop serves both."""
+
+    @property
+    def lengths(self) -> list[int]: ...  # token counts: batches group by them in both kinds
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: list[int]) -> Batch: ...
 
 
 @dataclass

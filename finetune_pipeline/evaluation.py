@@ -6,17 +6,16 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from finetune_pipeline.batching import TokenizedSplit, evaluation_batches
+from finetune_pipeline.batching import InputSplit, evaluation_batches
 from finetune_pipeline.device import Precision, autocast
 from finetune_pipeline.distributed import gather_rows, my_share, world
-from finetune_pipeline.feature_cache import FeatureSplit
 from finetune_pipeline.model import TextClassifier
 
 
 @torch.inference_mode()
 def predict_logits(
     model: TextClassifier,
-    split: TokenizedSplit | FeatureSplit,
+    split: InputSplit,
     batch_size: int,
     device: torch.device,
     precision: Precision,
@@ -37,7 +36,7 @@ def predict_logits(
 
 def predict(
     model: TextClassifier,
-    split: TokenizedSplit | FeatureSplit,
+    split: InputSplit,
     batch_size: int,
     device: torch.device,
     precision: Precision,
@@ -65,7 +64,7 @@ def classification_metrics(labels: list[int], predictions: np.ndarray, label_nam
 
 def evaluate(
     model: TextClassifier,
-    split: TokenizedSplit | FeatureSplit,
+    split: InputSplit,
     label_names: list[str],
     batch_size: int,
     device: torch.device,

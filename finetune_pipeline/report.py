@@ -15,8 +15,10 @@ from typing import Any, Callable
 
 from finetune_pipeline.artifacts import (
     CONFIG_FILE,
+    CURVES_FILE,
     FREEZE_PROOF_FILE,
     METRICS_FILE,
+    REPORT_FILE,
     TRAIN_LOG_FILE,
     read_json_object,
     write_atomically,
@@ -25,8 +27,6 @@ from finetune_pipeline.config import Config, flatten
 from finetune_pipeline.plots import DEFAULT_METRIC_NAME, RunCurves, plot_run_curves, read_run_curves
 from finetune_pipeline.resolution import RESOLUTION_EXAMPLES, example_worth
 
-CURVES_FILE = "curves.png"
-REPORT_FILE = "report.html"
 
 STYLE = """
 body { font-family: sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em; color: #222; }

@@ -24,21 +24,20 @@ from finetune_pipeline.model import TextClassifier
 from finetune_pipeline.provenance import code_version, data_fingerprints
 from finetune_pipeline.training import TrainingState
 
-RESUME_FILE = "resume.pt"
 RESUME_FORMAT_VERSION = 2  # 2: {"weights", "training_state"}, the state as TrainingState.state_dict() writes it
 
 
 # What resume.pt holds is written and read back here, and nowhere else.
 def save_resume_checkpoint(run_dir: Path, weights: dict[str, Any], state: TrainingState) -> None:
     """resume.pt, replaced atomically: weights as artifacts.checkpoint_payload makes them, and the training state."""
-    artifacts.save_torch(run_dir / RESUME_FILE, {"format_version": RESUME_FORMAT_VERSION, "weights": weights,
+    artifacts.save_torch(run_dir / artifacts.RESUME_FILE, {"format_version": RESUME_FORMAT_VERSION, "weights": weights,
                                                  "training_state": state.state_dict()})
 
 
 def restore_resume_checkpoint(checkpoint: dict[str, Any], model: TextClassifier, state: TrainingState,
                               run_dir: Path) -> None:
     """Put a run back where its resume.pt was taken: the weights into model, everything else into state."""
-    artifacts.restore_weights(model, checkpoint["weights"], run_dir / RESUME_FILE)
+    artifacts.restore_weights(model, checkpoint["weights"], run_dir / artifacts.RESUME_FILE)
     state.load_state_dict(checkpoint["training_state"])
 
 
@@ -88,7 +87,7 @@ def check_resumable(run_dir: Path, force: bool) -> tuple[Config, dict[str, Any],
         raise UserInputError(f"{where}: the code changed since the run started (source sha256 "
                              f"{str(recorded.get('source_sha256'))[:12]} then, {current['source_sha256'][:12]} now), "
                              "so the result would not be exactly one run; add --force to resume anyway")
-    checkpoint_path = run_dir / RESUME_FILE
+    checkpoint_path = run_dir / artifacts.RESUME_FILE
     if not checkpoint_path.is_file():
         return config, metrics, None  # stopped before its first checkpoint: it starts over, in its own folder
     checkpoint = artifacts.load_checkpoint(checkpoint_path)

@@ -53,7 +53,6 @@ from finetune_pipeline.model import (
 from finetune_pipeline.provenance import code_version, data_fingerprints
 from finetune_pipeline.report import write_run_report
 from finetune_pipeline.resume import (
-    RESUME_FILE,
     check_resumable,
     restore_resume_checkpoint,
     resumed_step,
@@ -350,7 +349,7 @@ class RunFolder:
         if not resuming:
             log_run_start(self.prepared, self.path, self.metrics)
         if "resumed_from_steps" in self.metrics:
-            log_event("resume", step=self.metrics["resumed_from_steps"][-1], checkpoint=self.path / RESUME_FILE
+            log_event("resume", step=self.metrics["resumed_from_steps"][-1], checkpoint=self.path / artifacts.RESUME_FILE
                       if resuming else "none yet: starting over")
         artifacts.write_json(self.path / artifacts.METRICS_FILE, self.metrics)
 
@@ -392,7 +391,7 @@ class RunFolder:
         )
         log_event("test", best_epoch=self.metrics["best_epoch"], test_score=self.metrics["test_score"],
                   test_accuracy=test_metrics["accuracy"], test_macro_f1=test_metrics["macro_f1"])
-        (self.path / RESUME_FILE).unlink(missing_ok=True)  # a completed run cannot be resumed
+        (self.path / artifacts.RESUME_FILE).unlink(missing_ok=True)  # a completed run cannot be resumed
 
     @distributed.main_process_only
     def finish(self) -> None:

@@ -13,7 +13,6 @@ import psutil
 
 from finetune_pipeline import artifacts
 
-LOCK_FILE = "run.lock"
 
 
 def this_process() -> dict[str, Any]:
@@ -22,16 +21,16 @@ def this_process() -> dict[str, Any]:
 
 
 def acquire(run_dir: Path) -> None:
-    artifacts.write_json(run_dir / LOCK_FILE, this_process())
+    artifacts.write_json(run_dir / artifacts.LOCK_FILE, this_process())
 
 
 def release(run_dir: Path) -> None:
-    (run_dir / LOCK_FILE).unlink(missing_ok=True)
+    (run_dir / artifacts.LOCK_FILE).unlink(missing_ok=True)
 
 
 def read_lock(run_dir: Path) -> dict[str, Any] | None:
     try:
-        return artifacts.read_json_object(run_dir / LOCK_FILE)
+        return artifacts.read_json_object(run_dir / artifacts.LOCK_FILE)
     except (OSError, ValueError):
         return None
 

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from finetune_pipeline.batching import TokenizedSplit, training_steps
+from finetune_pipeline.batching import InputSplit, training_steps
 from finetune_pipeline.config import Config, TrainingConfig
 from finetune_pipeline.device import Precision, autocast, memory_reading
 from finetune_pipeline.distributed import all_sum, my_share, progress_bar_disabled, world
@@ -136,8 +136,8 @@ class TrainingState:
 
 def train_model(
     model: TextClassifier,
-    train: TokenizedSplit | FeatureSplit,
-    val: TokenizedSplit | FeatureSplit,
+    train: InputSplit,
+    val: InputSplit,
     label_names: list[str],
     config: Config,
     device: torch.device,
@@ -197,7 +197,7 @@ def accumulating(
 
 
 def forward_backward(
-    model: TextClassifier | DistributedDataParallel, split: TokenizedSplit | FeatureSplit, micro_batch: list[int],
+    model: TextClassifier | DistributedDataParallel, split: InputSplit, micro_batch: list[int],
     examples_in_step: int, state: TrainingState, device: torch.device, precision: Precision,
 ) -> None:
     """One micro-batch: forward, loss, backward. Its gradient adds to the step's, its loss to the log window's."""
@@ -275,7 +275,7 @@ def log_window(state: TrainingState, device: torch.device, progress: tqdm) -> No
 
 
 def end_of_epoch(
-    model: TextClassifier, val: TokenizedSplit | FeatureSplit, label_names: list[str], config: Config,
+    model: TextClassifier, val: InputSplit, label_names: list[str], config: Config,
     device: torch.device, precision: Precision, state: TrainingState, run: "RunFolder", epoch_started: float,
 ) -> None:
     """Validate, keep the best model so far, count the epochs without improvement, record the epoch, and take
@@ -338,7 +338,7 @@ def current_lr(optimizer: torch.optim.Optimizer, group_name: str) -> float:
     return next((group["lr"] for group in optimizer.param_groups if group["name"] == group_name), 0.0)
 
 
-def micro_batching(train: TokenizedSplit | FeatureSplit, training: TrainingConfig) -> tuple[int, int]:
+def micro_batching(train: InputSplit, training: TrainingConfig) -> tuple[int, int]:
     """(examples per forward pass, forward passes per optimizer step).
 
     Gradient accumulation exists to save memory. On cached features a micro-batch is a few kilobytes,

@@ -15,7 +15,8 @@ from finetune_pipeline import artifacts, cli, faults, run_lock
 from finetune_pipeline.compare import compare_runs
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.interruption import Interrupted
-from finetune_pipeline.resume import RESUME_FILE, RESUME_FORMAT_VERSION
+from finetune_pipeline.artifacts import RESUME_FILE
+from finetune_pipeline.resume import RESUME_FORMAT_VERSION
 from finetune_pipeline.run import resume_training, run_training
 from tests.conftest import REPO_ROOT
 
@@ -182,7 +183,7 @@ def test_sigterm_stops_the_run_like_ctrl_c_with_exit_143(make_config, tmp_path):
     assert "Traceback" not in result.stderr and f"continue it with `finetune train --resume {run_dir}`" in result.stderr
     metrics = metrics_of(run_dir)
     assert metrics["status"] == "interrupted" and metrics["optimizer_steps"] == 4
-    assert not (run_dir / run_lock.LOCK_FILE).exists()
+    assert not (run_dir / artifacts.LOCK_FILE).exists()
 
 
 # ---- Fault injection: SIGKILL at seeded points, then every file is whole and --resume finishes the run ----
