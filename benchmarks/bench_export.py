@@ -31,7 +31,7 @@ DEFAULT_ARTIFACTS = REPO_ROOT / "finetune_pipeline/artifacts"
 
 
 def newest_completed_run(artifacts: Path) -> Path:
-    from finetune_pipeline.run_lock import run_status
+    from finetune_pipeline.runs.run_lock import run_status
 
     runs = sorted(path for path in artifacts.glob("*") if (path / "metrics.json").is_file())
     completed = [path for path in runs if run_status(path) == "completed"]
@@ -47,8 +47,8 @@ def folder_mib(folder: Path) -> float:
 def measure(run_dir: Path, texts: list[str], batch_size: int, repeats: int, work: Path) -> dict[str, Any]:
     import torch
 
-    from finetune_pipeline.export import export_run
-    from finetune_pipeline.inference import load_classifier, predictions_for
+    from finetune_pipeline.serving.export import export_run
+    from finetune_pipeline.serving.inference import load_classifier, predictions_for
 
     started = time.perf_counter()
     folders = export_run(run_dir, "all", output=work)

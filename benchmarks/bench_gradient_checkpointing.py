@@ -23,10 +23,10 @@ def one_step(checkpointing: bool, batch_size: int, length: int) -> dict[str, flo
     import torch.nn.functional as F
     from transformers import BertConfig, BertModel
 
-    from finetune_pipeline.config import ModelConfig
-    from finetune_pipeline.device import peak_process_memory_mb, reset_peak_process_memory
-    from finetune_pipeline.model import TextClassifier
-    from finetune_pipeline.run import enable_activation_checkpointing
+    from finetune_pipeline.core.config import ModelConfig
+    from finetune_pipeline.core.device import peak_process_memory_mb, reset_peak_process_memory
+    from finetune_pipeline.core.model import TextClassifier
+    from finetune_pipeline.runs.run import enable_activation_checkpointing
 
     torch.manual_seed(0)
     backbone = BertModel(BertConfig(), add_pooling_layer=False)  # BERT-base sizes

@@ -143,7 +143,7 @@ def run_floor_forward(settings: Settings) -> Result:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from finetune_pipeline.model import load_backbone, load_tokenizer
+    from finetune_pipeline.core.model import load_backbone, load_tokenizer
 
     train_texts, train_labels = read_split(settings.work_dir, TRAIN_FILE)
     dev_texts, dev_labels = read_split(settings.work_dir, DEV_FILE)
@@ -179,7 +179,7 @@ def run_floor_forward_backward(settings: Settings) -> Result:
     import torch
     import torch.nn.functional as F
 
-    from finetune_pipeline.model import load_backbone, load_tokenizer
+    from finetune_pipeline.core.model import load_backbone, load_tokenizer
 
     texts, labels = read_split(settings.work_dir, TRAIN_FILE)
     backbone, (tokenizer, _) = load_backbone(BACKBONE), load_tokenizer(BACKBONE)
@@ -208,7 +208,7 @@ def run_floor_forward_backward(settings: Settings) -> Result:
 
 
 def project_config(settings: Settings, freeze: bool) -> dict[str, Any]:
-    from finetune_pipeline.config import config_from_dict
+    from finetune_pipeline.core.config import config_from_dict
     from finetune_pipeline.errors import UserInputError
 
     training: dict[str, Any] = {

@@ -1,9 +1,17 @@
 """finetune_pipeline: fine-tune a pretrained text encoder with a small classification head.
 
-Read it in the order a run goes: config -> data -> batching -> model -> training (the loop) ->
-evaluation; feature_cache, memory_check and freeze_proof around it; artifacts and run_log for what
-is written; run wires the steps, cli and scripts/train.py are the entry points, and api (with
-in_memory for DataFrames) is the Python API:
+Where to start reading: core/training.py, the loop (epochs -> optimizer steps -> micro-batches), then
+runs/run.py, one run from the command line down (prepare -> execute -> record). The subpackages, whose
+imports point one way only (runtime <- core <- runs <- experiments, serving <- cli, api):
+
+    core/         the fine-tuning itself: config -> data -> batching -> model -> training -> evaluation,
+                  with the feature cache, the freeze proof and the device around them
+    runtime/      the plumbing: atomic files, the log format, torchrun's processes, signals, fault points
+    runs/         one run's life: its folder, resume checkpoints, the lock, memory check, provenance, report
+    experiments/  sweeps, and compare with its seed noise and fairness checks
+    serving/      predict and evaluate, and export for transformers and onnxruntime
+
+cli.py and scripts/train.py are the command line; api.py (with in_memory.py for DataFrames) is the Python API:
 
     import finetune_pipeline as ft
     run = ft.train(overrides={"model.dropout": 0.3})
@@ -16,7 +24,7 @@ from finetune_pipeline.errors import OutOfMemory, TrainingDiverged, UserInputErr
 
 # The API's names, imported on first use: api imports torch and transformers, and `import finetune_pipeline`
 # (which every `finetune --help` does) must stay instant.
-API_NAMES = ("train", "load_run", "run_sweep", "compare_runs", "prepare_data", "Run", "SweepResult", "CompareResult")
+API_NAMES = ("train", "load_run", "sweep", "compare", "prepare_data", "Run", "SweepResult", "CompareResult")
 __all__ = [*API_NAMES, "UserInputError", "OutOfMemory", "TrainingDiverged"]
 
 if TYPE_CHECKING:  # editors and type checkers see the names without the lazy import
@@ -24,10 +32,10 @@ if TYPE_CHECKING:  # editors and type checkers see the names without the lazy im
         CompareResult,
         Run,
         SweepResult,
-        compare_runs,
+        compare,
         load_run,
         prepare_data,
-        run_sweep,
+        sweep,
         train,
     )
 

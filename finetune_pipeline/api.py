@@ -4,16 +4,13 @@
 
     run_a = ft.train()                                        # the defaults: experiment A on the default dataset
     run_b = ft.train(run_a.config, {"model.dropout": 0.3})    # A's own config with one change
-    result = ft.compare_runs([run_a, run_b])                  # result.table (compare.csv), .warnings, .notes
+    result = ft.compare([run_a, run_b])                       # result.table (compare.csv), .warnings, .notes
     run_b.predict(["A warm, funny film."])                    # a DataFrame: text, label, prob_<class> ...
 
 Data is a path (anything data.train_file takes), a pandas DataFrame or a datasets.Dataset; in_memory.py
 stores a table as a data file, so that it gets a file's checks and a content hash. Every input is checked as
 the commands check it, and every problem raises UserInputError with the command's message (OutOfMemory and
 TrainingDiverged are subclasses of it); nothing here exits the process.
-
-The sweep and compare functions are called run_sweep and compare_runs because finetune_pipeline.sweep and
-finetune_pipeline.compare are modules: a package attribute cannot be both a module and a function.
 """
 
 from __future__ import annotations  # Data and RunLike name pandas and datasets types without importing them
@@ -26,17 +23,21 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
-from finetune_pipeline import compare, report, run_selection, sweep
-from finetune_pipeline.artifacts import CONFIG_FILE, CURVES_FILE, METRICS_FILE, read_json_object
-from finetune_pipeline.config import Config, DataConfig, apply_overrides, config_from_dict, read_config_file
-from finetune_pipeline.default_dataset import prepare_default_dataset
+from finetune_pipeline.core.config import Config, DataConfig, apply_overrides, config_from_dict, read_config_file
+from finetune_pipeline.core.default_dataset import prepare_default_dataset
+from finetune_pipeline.core.readers import FileSettings
 from finetune_pipeline.errors import OutOfMemory, UserInputError
-from finetune_pipeline.export import export_run
+from finetune_pipeline.experiments import run_selection
+from finetune_pipeline.experiments.compare import PLOT_FILE, compare_runs, no_warnings_text
+from finetune_pipeline.experiments.sweep import SWEEP_FILE, load_sweep, resolve_sweep_file, run_sweep, sweep_from_runs
 from finetune_pipeline.in_memory import store_table, stored_origin, table_kind
-from finetune_pipeline.inference import evaluate_file, predict_texts
-from finetune_pipeline.readers import FileSettings
-from finetune_pipeline.run import SPLIT_NAMES, run_training
-from finetune_pipeline.run_log import configure_console_logging
+from finetune_pipeline.runs import report
+from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, METRICS_FILE
+from finetune_pipeline.runs.run import SPLIT_NAMES, run_training
+from finetune_pipeline.runtime.files import read_json_object
+from finetune_pipeline.runtime.run_log import configure_console_logging
+from finetune_pipeline.serving.export import export_run
+from finetune_pipeline.serving.inference import evaluate_file, predict_texts
 
 if TYPE_CHECKING:  # for type checkers only: pandas and datasets are optional, and imported when used
     import datasets
@@ -298,11 +299,11 @@ class CompareResult(NamedTuple):
         notes = "".join(f"<li>{escape(text)}</li>" for text in self.notes)
         columns = [column for column in COMPARE_SHOWN_COLUMNS if column in self.table.columns]
         return "\n".join([
-            f"<ul>{warnings}</ul>" if warnings else f"<p>{escape(compare.no_warnings_text())}</p>",
+            f"<ul>{warnings}</ul>" if warnings else f"<p>{escape(no_warnings_text())}</p>",
             self.table[columns].to_html(index=False, na_rep=""),
             f"<ul>{notes}</ul>" if notes else "",
             f"<p>Resolution: {escape('; '.join(self.resolution))}</p>",
-            png_tag(self.dir / compare.PLOT_FILE, "train loss and val score of every run"),
+            png_tag(self.dir / PLOT_FILE, "train loss and val score of every run"),
         ])
 
 
@@ -316,46 +317,46 @@ class SweepResult(NamedTuple):
     comparison: CompareResult | None
 
 
-def compare_runs(runs: RunLike | Iterable[RunLike], ref: RunLike | None = None,
+def compare(runs: RunLike | Iterable[RunLike], ref: RunLike | None = None,
                  output_dir: str | PathLike[str] | None = None) -> CompareResult:
     """`finetune compare`: runs are Runs, run folders, sweep folders or quoted glob patterns; the reference is ref
     (placed first), else the first run. compare.md/.csv/.png go to output_dir, by default the sweep folder when
     one sweep folder is given, else comparisons/<time>/ next to the reference run's folder."""
     targets = [folder_of(run) for run in as_list(runs)]
     if not targets:
-        raise UserInputError("ft.compare_runs: give the runs to compare (Runs, run folders or a sweep folder)")
+        raise UserInputError("ft.compare: give the runs to compare (Runs, run folders or a sweep folder)")
     reference = None if ref is None else folder_of(ref)
     run_dirs = run_selection.resolve_run_dirs(targets, None, Path("."), reference)
     if output_dir is None:
-        single_sweep = len(targets) == 1 and (Path(targets[0]) / sweep.SWEEP_FILE).is_file()
+        single_sweep = len(targets) == 1 and (Path(targets[0]) / SWEEP_FILE).is_file()
         output_dir = targets[0] if single_sweep else run_selection.default_output_dir(run_dirs[0].parent)
-    comparison = compare.compare_runs(run_dirs, Path(output_dir), reference_given=ref is not None)
+    comparison = compare_runs(run_dirs, Path(output_dir), reference_given=ref is not None)
     table = import_pandas().read_csv(comparison.csv_path, dtype=dict.fromkeys(COMPARE_TEXT_COLUMNS, str))
     return CompareResult(table, comparison.warnings, comparison.notes, comparison.resolution, Path(output_dir))
 
 
-def run_sweep(preset_or_file: str | PathLike[str] | None = None, from_runs: RunLike | Iterable[RunLike] | None = None,
+def sweep(preset_or_file: str | PathLike[str] | None = None, from_runs: RunLike | Iterable[RunLike] | None = None,
               seeds: list[int] | None = None, overrides: dict[str, Any] | None = None) -> SweepResult:
     """`finetune sweep`: a preset (A, B, C, D) or a sweep file, or from_runs (their own configs again, with each
     of seeds); then the comparison of its runs, written into the sweep folder as the command does."""
     configure_console_logging()
     from_runs = [] if from_runs is None else as_list(from_runs)
     if (preset_or_file is None) == (not from_runs):
-        raise UserInputError("ft.run_sweep: name a preset or sweep file (ft.run_sweep('A')), or runs to rerun "
-                             "(ft.run_sweep(from_runs=[run], seeds=[43, 44])), one of the two")
+        raise UserInputError("ft.sweep: name a preset or sweep file (ft.sweep('A')), or runs to rerun "
+                             "(ft.sweep(from_runs=[run], seeds=[43, 44])), one of the two")
     if seeds is not None and (not isinstance(seeds, list) or not seeds
                               or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)):
         raise UserInputError(f"seeds: expected a list of integers, e.g. [42, 43, 44]; got {seeds!r}")
     overrides = checked_overrides(overrides)
     if from_runs:
-        plan = sweep.sweep_from_runs([Path(folder_of(run)) for run in from_runs], seeds, overrides)
+        plan = sweep_from_runs([Path(folder_of(run)) for run in from_runs], seeds, overrides)
     else:
-        plan = sweep.load_sweep(sweep.resolve_sweep_file(str(preset_or_file)), seeds, overrides)
-    sweep_dir = sweep.run_sweep(plan)
+        plan = load_sweep(resolve_sweep_file(str(preset_or_file)), seeds, overrides)
+    sweep_dir = run_sweep(plan)
     runs = [load_run(member.run_dir) for member in plan.members if member.run_dir]
     failures = [f"member {member.name} (seed {member.seed}) failed: {member.error}"
                 for member in plan.members if member.status != "completed"]
-    return SweepResult(runs, sweep_dir, failures, compare_runs(runs, output_dir=sweep_dir) if runs else None)
+    return SweepResult(runs, sweep_dir, failures, compare(runs, output_dir=sweep_dir) if runs else None)
 
 
 # ---- shared --------------------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def config_argument(args: argparse.Namespace) -> str:
         return args.config or DEFAULT_CONFIG
     if args.config is not None:
         raise UserInputError("give --config or --from-run, not both: --from-run RUN_DIR trains with RUN_DIR/config.json")
-    from finetune_pipeline.sweep import run_config_file
+    from finetune_pipeline.experiments.sweep import run_config_file
 
     return str(run_config_file(Path(args.from_run)))
 
@@ -183,11 +183,11 @@ def config_argument(args: argparse.Namespace) -> str:
 # The heavy imports (torch, transformers) happen inside the commands, so that `--help` answers at once.
 def train_command(config_path: str, assignments: list[str], dry_run: bool, resume: str | None = None,
                   force: bool = False) -> None:
-    from finetune_pipeline.config import load_config, parse_overrides
-    from finetune_pipeline.resume import newest_unfinished_run
-    from finetune_pipeline.run import dry_run as plan_run
-    from finetune_pipeline.run import resume_training, run_training
-    from finetune_pipeline.run_log import configure_console_logging
+    from finetune_pipeline.core.config import load_config, parse_overrides
+    from finetune_pipeline.runs.resume import newest_unfinished_run
+    from finetune_pipeline.runs.run import dry_run as plan_run
+    from finetune_pipeline.runs.run import resume_training, run_training
+    from finetune_pipeline.runtime.run_log import configure_console_logging
 
     configure_console_logging()
     overrides = parse_overrides(assignments)
@@ -205,9 +205,9 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
     if force:
         raise UserInputError("--force goes with --resume RUN_DIR")
     config = load_config(config_path, overrides)
-    from finetune_pipeline import distributed
     from finetune_pipeline.errors import OutOfMemory
-    from finetune_pipeline.memory_check import add_rerun_command, out_of_memory
+    from finetune_pipeline.runs.memory_check import add_rerun_command, out_of_memory
+    from finetune_pipeline.runtime import distributed
 
     try:
         if dry_run:
@@ -263,13 +263,13 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def prepare_data_command(output_dir: str | None, force: bool) -> None:
-    from finetune_pipeline.default_dataset import DEFAULT_DATA_DIR, prepare_default_dataset
+    from finetune_pipeline.core.default_dataset import DEFAULT_DATA_DIR, prepare_default_dataset
 
     prepare_default_dataset(output_dir or DEFAULT_DATA_DIR, force=force)
 
 
 def new_experiment_command(name: str, source: str, assignments: list[str]) -> None:
-    from finetune_pipeline.config import parse_overrides, write_new_experiment
+    from finetune_pipeline.core.config import parse_overrides, write_new_experiment
 
     path, changes = write_new_experiment(CONFIGS_DIR, name, source, parse_overrides(assignments))
     print(f"wrote {path}")
@@ -282,10 +282,10 @@ def new_experiment_command(name: str, source: str, assignments: list[str]) -> No
 
 def sweep_command(name_or_path: str | None, from_runs: list[str], seeds: list[int] | None,
                   assignments: list[str]) -> int:
-    from finetune_pipeline.compare import compare_runs, print_comparison
-    from finetune_pipeline.config import parse_overrides
-    from finetune_pipeline.run_log import configure_console_logging
-    from finetune_pipeline.sweep import load_sweep, resolve_sweep_file, run_sweep, sweep_from_runs
+    from finetune_pipeline.core.config import parse_overrides
+    from finetune_pipeline.experiments.compare import compare_runs, print_comparison
+    from finetune_pipeline.experiments.sweep import load_sweep, resolve_sweep_file, run_sweep, sweep_from_runs
+    from finetune_pipeline.runtime.run_log import configure_console_logging
 
     configure_console_logging()
     if under_torchrun():
@@ -311,8 +311,8 @@ def sweep_command(name_or_path: str | None, from_runs: list[str], seeds: list[in
 
 def compare_command(targets: list[str], last: int | None, artifacts_root: str, output_dir: str | None,
                     reference: str | None = None) -> None:
-    from finetune_pipeline.compare import compare_runs, print_comparison
-    from finetune_pipeline.run_selection import default_output_dir, resolve_run_dirs
+    from finetune_pipeline.experiments.compare import compare_runs, print_comparison
+    from finetune_pipeline.experiments.run_selection import default_output_dir, resolve_run_dirs
 
     if not targets and last is None:
         raise UserInputError("compare: name run or sweep folders, a glob, or --last N")
@@ -326,7 +326,7 @@ def compare_command(targets: list[str], last: int | None, artifacts_root: str, o
 
 def evaluate_command(run_dir: str, data: str, text_column: str | None, label_column: str | None,
                      name: str | None) -> None:
-    from finetune_pipeline.inference import evaluate_file
+    from finetune_pipeline.serving.inference import evaluate_file
 
     metrics, path = evaluate_file(Path(run_dir), Path(data), text_column, label_column, name)
     print(f"{data}: {metrics['examples']} examples; accuracy {metrics['accuracy']:.4f}, "
@@ -336,7 +336,7 @@ def evaluate_command(run_dir: str, data: str, text_column: str | None, label_col
 
 def predict_command(run_dir: str, texts: list[str] | None, input_file: str | None, output_file: str | None,
                     text_column: str | None, batch_size: int, runtime: str) -> None:
-    from finetune_pipeline.inference import predict_file, predict_texts
+    from finetune_pipeline.serving.inference import predict_file, predict_texts
 
     if texts:
         for prediction in predict_texts(Path(run_dir), texts, batch_size, runtime=runtime):
@@ -351,7 +351,7 @@ def predict_command(run_dir: str, texts: list[str] | None, input_file: str | Non
 
 
 def export_command(run_dir: str, export_format: str, checkpoint: str, output: str | None) -> None:
-    from finetune_pipeline.export import export_run
+    from finetune_pipeline.serving.export import export_run
 
     for name, folder in export_run(Path(run_dir), export_format, checkpoint,
                                    None if output is None else Path(output)).items():

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from finetune_pipeline.artifacts import write_atomically
+from finetune_pipeline.core.readers import FileSettings, table_records
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.readers import FileSettings, table_records
+from finetune_pipeline.runtime.files import write_atomically
 
 TABLES_DIR = "dataframes"  # under output.cache_dir
 JSON_TYPES = (str, int, float, bool, type(None))  # what a cell may hold; the readers check the rest

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
 
-from finetune_pipeline.config import Config, config_from_dict
+from finetune_pipeline.core.config import Config, config_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -97,7 +97,7 @@ def no_console_handler_left_behind():
     """cli.main() adds a console handler bound to this test's captured stderr, which closes when the test ends;
     a later test logging through it would print a logging error instead."""
     yield
-    from finetune_pipeline.run_log import logger
+    from finetune_pipeline.runtime.run_log import logger
 
     for handler in [handler for handler in logger.handlers if handler.get_name() == "console"]:
         logger.removeHandler(handler)

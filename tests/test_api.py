@@ -1,5 +1,5 @@
 """The Python API (finetune_pipeline.api): train on DataFrames and Datasets with a file's checks and a content hash,
-Run objects, compare_runs and run_sweep, one exception type and no sys.exit, and an import that stays cheap."""
+Run objects, compare and sweep, one exception type and no sys.exit, and an import that stays cheap."""
 
 import hashlib
 import json
@@ -15,9 +15,9 @@ import pytest
 from tqdm import tqdm
 
 import finetune_pipeline as ft
-from finetune_pipeline import memory_check
-from finetune_pipeline.compare import CSV_COLUMNS
-from finetune_pipeline.run_log import logger
+from finetune_pipeline.experiments.compare import CSV_COLUMNS
+from finetune_pipeline.runs import memory_check
+from finetune_pipeline.runtime.run_log import logger
 from tests.conftest import REPO_ROOT, toy_rows, write_csv
 
 
@@ -77,7 +77,7 @@ def test_the_same_dataframe_gives_the_same_sha256_and_another_dataframe_another(
     assert sha[0] == sha[1] != sha[2]
     assert first.metrics["data_files"]["val"] == other.metrics["data_files"]["val"]
     # compare's data check sees the difference, as it does for files
-    result = ft.compare_runs([first, other])
+    result = ft.compare([first, other])
     assert any(warning.startswith("data differs") for warning in result.warnings)
 
 
@@ -148,9 +148,9 @@ def test_bad_input_leaves_no_run_folder_and_never_exits(config):
         error_of(ft.train, config, {"data.train_file": "x.csv"}, train=TRAIN),
         error_of(ft.train, config, train="no/such/file.csv"),
         error_of(ft.load_run, config["output"]["artifacts_root"]),
-        error_of(ft.compare_runs, []),
-        error_of(ft.run_sweep),
-        error_of(ft.run_sweep, "A", seeds="42,43"),
+        error_of(ft.compare, []),
+        error_of(ft.sweep),
+        error_of(ft.sweep, "A", seeds="42,43"),
     ]
     assert "did you mean 'model.dropout'" in errors[0]
     assert "file not found" in errors[1]
@@ -214,7 +214,7 @@ def test_export_writes_the_transformers_folder(trained, tmp_path):
 
 def test_compare_returns_compare_csv_as_a_table_and_warns_of_two_changed_factors(trained, config):
     changed = ft.train(trained.config, {"model.dropout": 0.3, "model.hidden_dim": 8})
-    result = ft.compare_runs([str(trained.dir), changed], ref=trained)
+    result = ft.compare([str(trained.dir), changed], ref=trained)
     assert list(result.table.columns) == list(CSV_COLUMNS) and len(result.table) == 2
     assert result.table["run"].tolist() == [trained.dir.name, changed.dir.name]
     assert result.table["best_val_score"].tolist() == [trained.metrics["best_val_score"],
@@ -227,12 +227,12 @@ def test_compare_returns_compare_csv_as_a_table_and_warns_of_two_changed_factors
     assert "WARNING:" in page and "data:image/png;base64," in page
 
 
-def test_run_sweep_reruns_a_run_with_other_seeds_and_compares_them(trained):
-    result = ft.run_sweep(from_runs=trained, seeds=[8, 9])
+def test_sweep_reruns_a_run_with_other_seeds_and_compares_them(trained):
+    result = ft.sweep(from_runs=trained, seeds=[8, 9])
     assert [run.metrics["seed"] for run in result.runs] == [8, 9] and result.failures == []
     assert (result.dir / "sweep.json").is_file() and result.comparison.dir == result.dir
     assert len(result.comparison.table) == 2
-    assert ft.compare_runs(result.dir).table["run"].tolist() == result.comparison.table["run"].tolist()
+    assert ft.compare(result.dir).table["run"].tolist() == result.comparison.table["run"].tolist()
 
 
 # ---- the package -----------------------------------------------------------------------------------------------
@@ -245,9 +245,9 @@ def test_importing_the_package_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
-def test_the_api_names_stay_functions_beside_the_modules_of_similar_names():
-    import finetune_pipeline.compare
-    import finetune_pipeline.sweep
+def test_the_api_names_are_functions_and_the_modules_live_in_their_subpackages():
+    import finetune_pipeline.experiments.compare
+    import finetune_pipeline.experiments.sweep
 
-    assert callable(ft.compare_runs) and callable(ft.run_sweep) and callable(ft.train)
-    assert hasattr(finetune_pipeline.sweep, "load_sweep")  # the module, still reachable by its name
+    assert callable(ft.compare) and callable(ft.sweep) and callable(ft.train)
+    assert hasattr(finetune_pipeline.experiments.sweep, "load_sweep")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from finetune_pipeline.batching import PAD_TO_MULTIPLE_OF, TokenizedSplit, evaluation_batches, training_batches
+from finetune_pipeline.core.batching import PAD_TO_MULTIPLE_OF, TokenizedSplit, evaluation_batches, training_batches
 
 
 def token_split(input_ids: list[list[int]], labels: list[int], pad_token_id: int = 0) -> TokenizedSplit:
@@ -114,8 +114,8 @@ def test_evaluation_batches_cover_every_index_longest_first():
 def test_tokenize_counts_the_tokens_a_long_text_loses_and_remembers_a_split(tiny_backbone_dir):
     from transformers import AutoTokenizer
 
-    from finetune_pipeline.batching import tokenize_split
-    from finetune_pipeline.data import Example
+    from finetune_pipeline.core.batching import tokenize_split
+    from finetune_pipeline.core.data import Example
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
     examples = [Example("good movie", "pos", 2), Example(" ".join(["bad"] * 20), "neg", 3)]

@@ -14,12 +14,18 @@ from typing import Any
 
 import pytest
 
-from finetune_pipeline.compare import compare_runs, print_comparison
-from finetune_pipeline.run_selection import default_output_dir, resolve_run_dirs
-from finetune_pipeline.seed_noise import BELOW_RESOLUTION, BEYOND_NOISE, NOISE_UNKNOWN, REFERENCE, WITHIN_NOISE
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.run import run_training
-from finetune_pipeline.stability import loss_stability
+from finetune_pipeline.experiments.compare import compare_runs, print_comparison
+from finetune_pipeline.experiments.run_selection import default_output_dir, resolve_run_dirs
+from finetune_pipeline.experiments.seed_noise import (
+    BELOW_RESOLUTION,
+    BEYOND_NOISE,
+    NOISE_UNKNOWN,
+    REFERENCE,
+    WITHIN_NOISE,
+)
+from finetune_pipeline.experiments.stability import loss_stability
+from finetune_pipeline.runs.run import run_training
 from tests.conftest import deep_merge
 
 DATA_SHA = {"train": "a" * 64, "val": "b" * 64, "test": "c" * 64}

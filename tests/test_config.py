@@ -1,4 +1,4 @@
-"""Tests for finetune_pipeline.config: defaults, validation messages, loading, and the CLI's error path."""
+"""Tests for finetune_pipeline.core.config: defaults, validation messages, loading, and the CLI's error path."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from finetune_pipeline.config import Config, config_from_dict, flatten, key_table, load_config
+from finetune_pipeline.core.config import Config, config_from_dict, flatten, key_table, load_config
 from finetune_pipeline.errors import EXIT_BAD_INPUT, UserInputError
 
 REPO_ROOT = Path(__file__).parents[1]
@@ -283,7 +283,7 @@ def test_the_readme_key_table_is_the_schemas():
     """Defaults and knob descriptions live in config.py only: the README's table is generated from it."""
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert key_table() in readme, ("README.md's key table differs from the schema; regenerate it with\n"
-                                   "python -c 'from finetune_pipeline.config import key_table; print(key_table())'")
+                                   "python -c 'from finetune_pipeline.core.config import key_table; print(key_table())'")
     documented = set(re.findall(r"^\| `([a-z_.{},]+)` \|", key_table(), flags=re.MULTILINE))
     leaves = {key for key in flatten(Config().to_plain()) if ".columns." not in key and ".formats." not in key}
     assert leaves <= documented  # every knob has its row

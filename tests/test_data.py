@@ -1,4 +1,4 @@
-"""Tests for finetune_pipeline.data: reading files, labels and splitting (no tokenizer needed)."""
+"""Tests for finetune_pipeline.core.data: reading files, labels and splitting (no tokenizer needed)."""
 
 import csv
 import io
@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_pipeline.config import ColumnNames, ColumnOverrides, DataConfig
-from finetune_pipeline.data import (
-    Example,
-    label_names_from,
-    load_splits,
-    read_labelled_file,
-    split_settings,
-)
+from finetune_pipeline.core.config import ColumnNames, ColumnOverrides, DataConfig
+from finetune_pipeline.core.data import Example, label_names_from, load_splits, read_labelled_file, split_settings
 from finetune_pipeline.errors import UserInputError
 
 ROWS = [

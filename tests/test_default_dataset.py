@@ -5,9 +5,9 @@ import io
 
 import pytest
 
-from finetune_pipeline import default_dataset
-from finetune_pipeline.config import DataConfig
-from finetune_pipeline.data import load_splits
+from finetune_pipeline.core import default_dataset
+from finetune_pipeline.core.config import DataConfig
+from finetune_pipeline.core.data import load_splits
 
 
 def fake_corpus() -> bytes:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_pipeline import artifacts
+from finetune_pipeline.runs import artifacts
+from finetune_pipeline.runtime import files
 from tests.conftest import REPO_ROOT, deep_merge, toy_rows, write_csv
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
@@ -51,7 +52,7 @@ def test_two_processes_train_the_run_of_one_with_the_same_global_batch(make_conf
     for split in ("val_metrics", "test_metrics"):  # every example evaluated exactly once
         assert sum(entry["support"] for entry in two[split]["per_class"].values()) == 16
         assert two[split]["confusion_matrix"] == one[split]["confusion_matrix"]
-    weights_one, weights_two = (artifacts.load_checkpoint(run / artifacts.FINAL_MODEL_FILE)["model_state"]
+    weights_one, weights_two = (files.load_checkpoint(run / artifacts.FINAL_MODEL_FILE)["model_state"]
                                 for run in (single, double))
     assert weights_one.keys() == weights_two.keys()
     assert all(torch.allclose(weights_one[name], weights_two[name], atol=1e-5) for name in weights_one)
@@ -75,10 +76,13 @@ FAILING_PROCESS = """
 import sys
 from pathlib import Path
 
-from finetune_pipeline import artifacts, cli, distributed, training
+from finetune_pipeline import cli
+from finetune_pipeline.core import training
+from finetune_pipeline.runs import artifacts
+from finetune_pipeline.runtime import distributed, files
 
 failing_rank = int(sys.argv.pop(1))
-real_save_torch, real_evaluate = artifacts.save_torch, training.evaluate
+real_save_torch, real_evaluate = files.save_torch, training.evaluate
 
 
 def save_torch(path, payload):  # rank 0 writes; it fails on the first best model, at the end of epoch 1
@@ -94,7 +98,7 @@ def evaluate(*args, **kwargs):  # every process validates; rank 1 fails in epoch
 
 
 if failing_rank == 0:
-    artifacts.save_torch = save_torch
+    files.save_torch = save_torch
 else:
     training.evaluate = evaluate
 sys.exit(cli.main(sys.argv[1:]))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from finetune_pipeline import cli
-from finetune_pipeline.config import apply_overrides, config_from_dict, parse_overrides, read_config_file
-from finetune_pipeline.sweep import resolve_sweep_file
+from finetune_pipeline.core.config import apply_overrides, config_from_dict, parse_overrides, read_config_file
+from finetune_pipeline.experiments.sweep import resolve_sweep_file
 from tests.conftest import REPO_ROOT
 
 DOCUMENTS = [REPO_ROOT / "README.md", REPO_ROOT / "docs" / "GUIDE.ru.md"]

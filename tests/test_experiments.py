@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch.nn.functional
 
-from finetune_pipeline import artifacts, cli, run_log, training
-from finetune_pipeline.config import (
+from finetune_pipeline import cli
+from finetune_pipeline.core import training
+from finetune_pipeline.core.config import (
     Config,
     load_config,
     non_default_values,
@@ -18,8 +19,10 @@ from finetune_pipeline.config import (
     write_new_experiment,
 )
 from finetune_pipeline.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, UserInputError
-from finetune_pipeline.run import run_training
-from finetune_pipeline.sweep import PRESETS_DIR, load_sweep, resolve_sweep_file, run_sweep
+from finetune_pipeline.experiments.sweep import PRESETS_DIR, load_sweep, resolve_sweep_file, run_sweep
+from finetune_pipeline.runs import artifacts
+from finetune_pipeline.runs.run import run_training
+from finetune_pipeline.runtime import files, run_log
 from tests.conftest import REPO_ROOT
 
 DEFAULT_CONFIG = REPO_ROOT / "finetune_pipeline" / "configs" / "train_config.json"
@@ -86,7 +89,7 @@ def test_run_records_the_effective_config_and_which_keys_came_from_set(make_conf
 
 
 def test_the_source_hash_changes_with_any_python_file_of_the_package(tmp_path):
-    from finetune_pipeline.provenance import source_sha256
+    from finetune_pipeline.runs.provenance import source_sha256
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "a.py").write_text("x = 1\n")
@@ -193,7 +196,7 @@ def test_sweep_members_start_from_pristine_backbones(make_config, tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, base, [{"name": "first", "set": {}}, {"name": "second", "set": {}}]),
                        None, {})
     run_sweep(sweep)
-    states = [artifacts.load_checkpoint(Path(m.run_dir) / artifacts.FINAL_MODEL_FILE)["model_state"]
+    states = [files.load_checkpoint(Path(m.run_dir) / artifacts.FINAL_MODEL_FILE)["model_state"]
               for m in sweep.members]
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])  # same start, same result
 
@@ -237,7 +240,7 @@ def test_following_compares_seed_advice_reruns_the_compared_runs_with_their_own_
                                                                                        monkeypatch, capsys):
     """compare's advice is a command; running it reruns exactly the runs being compared (their data, their
     overrides), with the seeds they lack, and the comparison then has seed groups on that data."""
-    from finetune_pipeline.compare import compare_runs
+    from finetune_pipeline.experiments.compare import compare_runs
 
     base = make_config(training={"epochs": 1})
     reference = run_training(base)
@@ -280,7 +283,7 @@ def test_sweep_needs_a_preset_or_runs_but_not_both(capsys):
 
 
 def test_a_from_run_sweep_with_set_names_its_members_by_the_change(make_config, tmp_path):
-    from finetune_pipeline.sweep import sweep_from_runs
+    from finetune_pipeline.experiments.sweep import sweep_from_runs
 
     base = run_training(make_config(training={"epochs": 1}))
     sweep = sweep_from_runs([base], [7, 8], {"training.learning_rate": 0.003})

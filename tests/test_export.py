@@ -15,13 +15,16 @@ import pytest
 import torch
 from huggingface_hub import metadata_load
 
-from finetune_pipeline import artifacts, cli
-from finetune_pipeline.config import DEFAULT_BACKBONE
+from finetune_pipeline import cli
+from finetune_pipeline.core.config import DEFAULT_BACKBONE
 from finetune_pipeline.errors import EXIT_BAD_INPUT, UserInputError
-from finetune_pipeline.export import CHECKPOINTS, FORMATS, export_run, hf_folder, onnx_folder
-from finetune_pipeline.export.model_card import model_card
-from finetune_pipeline.inference import Prediction, evaluate_file, predict_file, predict_texts
-from finetune_pipeline.run import run_training
+from finetune_pipeline.runs import artifacts
+from finetune_pipeline.runs.run import run_training
+from finetune_pipeline.runtime import files
+from finetune_pipeline.serving import hf_folder, onnx_folder
+from finetune_pipeline.serving.export import CHECKPOINTS, FORMATS, export_run
+from finetune_pipeline.serving.inference import Prediction, evaluate_file, predict_file, predict_texts
+from finetune_pipeline.serving.model_card import model_card
 from tests.test_inference import own_test_file, read_metrics, run_dir  # noqa: F401 (run_dir: the trained tiny run)
 
 TOLERANCE = 1e-5  # probabilities, fp32
@@ -264,7 +267,7 @@ def not_a_completed_run(case: str, run_dir: Path, exported: dict[str, Path], fol
         folder.mkdir()
     if case in ("failed", "running"):  # a run whose process is gone: metrics.json says so, or still says running
         shutil.copy(run_dir / artifacts.CONFIG_FILE, folder / artifacts.CONFIG_FILE)
-        artifacts.write_json(folder / artifacts.METRICS_FILE, {**read_metrics(run_dir), "status": case})
+        files.write_json(folder / artifacts.METRICS_FILE, {**read_metrics(run_dir), "status": case})
     return folder
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from finetune_pipeline import artifacts, run_log
-from finetune_pipeline.run import run_training
+from finetune_pipeline.runs import artifacts
+from finetune_pipeline.runs.run import run_training
+from finetune_pipeline.runtime import files, run_log
 from tests.conftest import REPO_ROOT, toy_rows, write_csv
 
 
@@ -74,9 +75,9 @@ def test_inputs_that_change_the_features_miss_the_cache(make_config, tmp_path, c
 
 
 def test_the_key_holds_backbone_weights_pooling_precision_and_device(make_config):
-    from finetune_pipeline.batching import TokenizedSplit
-    from finetune_pipeline.device import Precision
-    from finetune_pipeline.feature_cache import cache_key
+    from finetune_pipeline.core.batching import TokenizedSplit
+    from finetune_pipeline.core.device import Precision
+    from finetune_pipeline.core.feature_cache import cache_key
 
     split = TokenizedSplit([[2, 5, 3]], [0], pad_token_id=0, untruncated_lengths=[3])
     fp32, bf16 = Precision("no", "no", ""), Precision("fp16", "bf16", "cpu")
@@ -127,7 +128,7 @@ def test_on_cached_features_each_optimizer_step_is_one_fused_pass(make_config):
         config = make_config(training={"freeze_backbone": True, "cache_features": cache, "epochs": 2,
                                        "batch_size": batch_size, "gradient_accumulation_steps": accumulation})
         run_dir = run_training(config)
-        return artifacts.load_checkpoint(run_dir / artifacts.FINAL_MODEL_FILE)["model_state"], run_dir
+        return files.load_checkpoint(run_dir / artifacts.FINAL_MODEL_FILE)["model_state"], run_dir
 
     one_by_eight, fused_run = final_state(1, 8, cache=True)
     eight_by_one, _ = final_state(8, 1, cache=True)
@@ -147,7 +148,7 @@ def test_a_cold_run_extracts_every_missing_split_in_one_pass(make_config):
     # each split's entry holds exactly its own rows: another run finds them all
     assert cache_events(run_training(config)) == {"train": "hit", "val": "hit", "test": "hit"}
     assert run_log.read_events(run_training(config) / artifacts.TRAIN_LOG_FILE, "feature_extraction") == []
-    entries = {path: artifacts.load_checkpoint(path)["features"] for path in cache_files(config)}
+    entries = {path: files.load_checkpoint(path)["features"] for path in cache_files(config)}
     for features in entries.values():  # no entry holds the other splits' rows (a saved view would)
         assert features.untyped_storage().nbytes() == features.numel() * features.element_size()
     next(path for path, features in entries.items() if len(features) == 16).unlink()
@@ -169,7 +170,7 @@ def test_a_fully_cached_rerun_never_loads_the_backbone_and_gives_the_same_run(ma
     def no_weights(backbone: str) -> None:
         raise AssertionError("the backbone's weights were loaded")
 
-    monkeypatch.setattr("finetune_pipeline.run.load_backbone", no_weights)
+    monkeypatch.setattr("finetune_pipeline.runs.run.load_backbone", no_weights)
     warm = run_training(make_config())
     assert setup_event(warm)["backbone_loaded"] == "False"
     cold_metrics, warm_metrics = metrics_of(cold), metrics_of(warm)
@@ -208,7 +209,7 @@ def test_a_rewritten_weight_file_is_hashed_again(make_config, tiny_backbone_dir,
 
 
 def test_the_memo_covers_local_folders_only(tiny_backbone_dir):
-    from finetune_pipeline.backbone_memo import weight_files_signature
+    from finetune_pipeline.core.backbone_memo import weight_files_signature
 
     assert weight_files_signature("sentence-transformers/all-MiniLM-L6-v2") is None
     signature = weight_files_signature(str(tiny_backbone_dir))
@@ -218,7 +219,7 @@ def test_the_memo_covers_local_folders_only(tiny_backbone_dir):
 def test_a_fully_cached_rerun_does_not_import_the_model_code(make_config, tmp_path):
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(make_config().to_plain()))
-    script = ("import sys; from finetune_pipeline.config import load_config; from finetune_pipeline.run import "
+    script = ("import sys; from finetune_pipeline.core.config import load_config; from finetune_pipeline.runs.run import "
               f"run_training; run_training(load_config({str(config_path)!r})); "
               "print('model code imported:', 'transformers.modeling_utils' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

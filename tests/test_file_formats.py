@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from finetune_pipeline.config import config_from_dict
-from finetune_pipeline.data import load_splits, read_labelled_file, split_settings
+from finetune_pipeline.core.config import config_from_dict
+from finetune_pipeline.core.data import load_splits, read_labelled_file, split_settings
+from finetune_pipeline.core.readers import source_sha256
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.readers import source_sha256
 
 ROWS = [("Отличный фильм, всем советую", "хорошо"), ("Скучно; ушёл с середины", "плохо"),
         ("Неплохо", "хорошо"), ("Ужасно", "плохо")]
@@ -160,9 +160,8 @@ def test_a_saved_datasets_folder_with_class_label_names(tmp_path):
 
 def test_a_datasets_folder_trains_end_to_end(make_config, tmp_path):
     datasets = pytest.importorskip("datasets")
+    from finetune_pipeline.runs.run import run_training
     from tests.conftest import toy_rows
-
-    from finetune_pipeline.run import run_training
 
     for split, seed in (("train", 1), ("validation", 2), ("test", 3)):
         rows = toy_rows(48 if split == "train" else 16, seed=seed)
@@ -197,8 +196,8 @@ def test_predict_reads_the_same_formats(make_config, tmp_path):
     pyarrow = pytest.importorskip("pyarrow")
     import pyarrow.parquet as parquet
 
-    from finetune_pipeline.inference import predict_file
-    from finetune_pipeline.run import run_training
+    from finetune_pipeline.runs.run import run_training
+    from finetune_pipeline.serving.inference import predict_file
 
     run_dir = run_training(make_config(training={"epochs": 1}))
     texts = ["good movie", "awful plot", "the film was fun"]

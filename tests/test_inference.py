@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from finetune_pipeline import artifacts
-from finetune_pipeline.config import config_from_dict
+from finetune_pipeline.core.config import config_from_dict
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.inference import evaluate_file, predict_file, predict_texts
-from finetune_pipeline.run import run_training
+from finetune_pipeline.runs import artifacts
+from finetune_pipeline.runs.run import run_training
+from finetune_pipeline.serving.inference import evaluate_file, predict_file, predict_texts
 from tests.conftest import toy_rows, write_csv
 
 TEST_ROWS = toy_rows(16, seed=3)

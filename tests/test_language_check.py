@@ -6,13 +6,13 @@ import re
 import pytest
 
 from finetune_pipeline import cli
-from finetune_pipeline.batching import tokenize_split
-from finetune_pipeline.config import DEFAULT_BACKBONE
-from finetune_pipeline.data import Example
-from finetune_pipeline.language_check import language_warning, tokenization_report
-from finetune_pipeline.model import load_tokenizer
-from finetune_pipeline.run import run_training
-from finetune_pipeline.run_log import read_events
+from finetune_pipeline.core.batching import tokenize_split
+from finetune_pipeline.core.config import DEFAULT_BACKBONE
+from finetune_pipeline.core.data import Example
+from finetune_pipeline.core.language_check import language_warning, tokenization_report
+from finetune_pipeline.core.model import load_tokenizer
+from finetune_pipeline.runs.run import run_training
+from finetune_pipeline.runtime.run_log import read_events
 from tests.conftest import write_csv
 
 ENGLISH = ["A warm, funny film with a heart of gold.", "Dull and far too long; I left halfway through.",

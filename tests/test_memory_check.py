@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_pipeline import artifacts, cli, device, memory_check
-from finetune_pipeline.batching import TokenBatch
+from finetune_pipeline import cli
+from finetune_pipeline.core import device
+from finetune_pipeline.core.batching import TokenBatch
 from finetune_pipeline.errors import EXIT_OUT_OF_MEMORY, OutOfMemory
-from finetune_pipeline.run import prepare_run, run_training
+from finetune_pipeline.runs import artifacts, memory_check
+from finetune_pipeline.runs.run import prepare_run, run_training
+from finetune_pipeline.runtime import files
 from tests.conftest import REPO_ROOT
 
 
@@ -69,7 +72,7 @@ def test_a_step_predicted_not_to_fit_stops_before_training(make_config, monkeypa
 
 
 def test_out_of_memory_later_in_training_is_explained_too(make_config, monkeypatch):
-    from finetune_pipeline import training
+    from finetune_pipeline.core import training
 
     def evaluate_out_of_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
@@ -101,7 +104,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(make_config, tmp_path):
 def test_a_dry_run_that_does_not_fit_exits_3_with_the_knobs(make_config, monkeypatch, capsys):
     monkeypatch.setattr(memory_check, "peak_process_memory_mb", lambda: 2.0**20)
     config = make_config()
-    monkeypatch.setattr("finetune_pipeline.config.load_config", lambda path, overrides=None: config)
+    monkeypatch.setattr("finetune_pipeline.core.config.load_config", lambda path, overrides=None: config)
     assert cli.main(["train", "--dry-run"]) == EXIT_OUT_OF_MEMORY
     captured = capsys.readouterr()
     assert "DOES NOT FIT" in captured.out
@@ -125,8 +128,8 @@ def test_gradient_checkpointing_trades_compute_not_results(make_config):
     assert not prepare_run(make_config(training=common)).model.backbone.is_activation_checkpointing
     plain = run_training(make_config(training={**common, "gradient_checkpointing": False}))
     checkpointed = run_training(make_config(training={**common, "gradient_checkpointing": True}))
-    plain_state = artifacts.load_checkpoint(plain / artifacts.FINAL_MODEL_FILE)["model_state"]
-    checkpointed_state = artifacts.load_checkpoint(checkpointed / artifacts.FINAL_MODEL_FILE)["model_state"]
+    plain_state = files.load_checkpoint(plain / artifacts.FINAL_MODEL_FILE)["model_state"]
+    checkpointed_state = files.load_checkpoint(checkpointed / artifacts.FINAL_MODEL_FILE)["model_state"]
     assert all(torch.allclose(plain_state[name], checkpointed_state[name], atol=1e-6) for name in plain_state)
 
 

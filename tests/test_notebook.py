@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_pipeline.config import DEFAULT_DATA_DIR
-from finetune_pipeline.default_dataset import is_up_to_date, prepare_default_dataset
+from finetune_pipeline.core.config import DEFAULT_DATA_DIR
+from finetune_pipeline.core.default_dataset import is_up_to_date, prepare_default_dataset
 from finetune_pipeline.errors import UserInputError
 from tests.conftest import REPO_ROOT
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from finetune_pipeline import cli
-from finetune_pipeline.config import DEFAULT_DATA_FILES, config_from_dict, load_config
-from finetune_pipeline.data import describe_sources, load_splits
+from finetune_pipeline.core.config import DEFAULT_DATA_FILES, config_from_dict, load_config
+from finetune_pipeline.core.data import describe_sources, load_splits
 from finetune_pipeline.errors import EXIT_BAD_INPUT
-from finetune_pipeline.run import run_training
-from finetune_pipeline.run_log import read_events
+from finetune_pipeline.runs.run import run_training
+from finetune_pipeline.runtime.run_log import read_events
 from tests.conftest import REPO_ROOT, toy_rows, write_csv
 
 SHIPPED_CONFIG = REPO_ROOT / "finetune_pipeline" / "configs" / "train_config.json"

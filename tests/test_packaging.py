@@ -55,7 +55,7 @@ def test_an_installed_copy_runs_presets_and_a_dry_run_from_another_folder(wheel,
         return subprocess.run([sys.executable, *arguments], capture_output=True, text=True, cwd=elsewhere,
                               env=environment)
 
-    where = run("-c", "import finetune_pipeline, finetune_pipeline.sweep as s; print(finetune_pipeline.__file__); "
+    where = run("-c", "import finetune_pipeline, finetune_pipeline.experiments.sweep as s; print(finetune_pipeline.__file__); "
                       "print(s.resolve_sweep_file('A'))")
     assert where.returncode == 0, where.stderr
     package_file, preset = where.stdout.split()

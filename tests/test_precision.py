@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from finetune_pipeline import device
-from finetune_pipeline.device import resolve_precision
+from finetune_pipeline.core import device
+from finetune_pipeline.core.device import resolve_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_pipeline import artifacts, run_log, training
+from finetune_pipeline.core import training
 from finetune_pipeline.errors import OutOfMemory
-from finetune_pipeline.plots import RunCurves, plot_overlay, plot_run_curves, read_run_curves
-from finetune_pipeline.report import write_run_report
-from finetune_pipeline.run import run_training
-from finetune_pipeline.tensorboard_log import open_tensorboard
+from finetune_pipeline.runs import artifacts
+from finetune_pipeline.runs.plots import RunCurves, plot_overlay, plot_run_curves, read_run_curves
+from finetune_pipeline.runs.report import write_run_report
+from finetune_pipeline.runs.run import run_training
+from finetune_pipeline.runs.tensorboard_log import open_tensorboard
+from finetune_pipeline.runtime import files, run_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -89,7 +91,7 @@ def test_curves_are_read_from_train_log_and_metrics(make_config):
 def test_report_of_a_run_stopped_after_training_uses_the_val_metrics(make_config):
     run_dir = run_training(make_config())
     metrics = read_metrics(run_dir)
-    artifacts.write_json(run_dir / artifacts.METRICS_FILE,
+    files.write_json(run_dir / artifacts.METRICS_FILE,
                          {**metrics, "status": "interrupted", "test_score": None, "test_metrics": None})
     (run_dir / artifacts.FREEZE_PROOF_FILE).unlink()
 
@@ -133,9 +135,9 @@ def test_report_of_a_run_that_ran_out_of_memory_during_training(make_config, mon
 def test_report_of_a_failed_run_with_only_config_and_metrics(make_config, tmp_path):
     run_dir = tmp_path / "failed-run"
     run_dir.mkdir()
-    artifacts.write_json(run_dir / artifacts.CONFIG_FILE, make_config().to_plain())
+    files.write_json(run_dir / artifacts.CONFIG_FILE, make_config().to_plain())
     error = "OutOfMemory: out of memory during training: <alloc failed>\nlower data.max_length"
-    artifacts.write_json(run_dir / artifacts.METRICS_FILE, {"status": "failed", "error": error})
+    files.write_json(run_dir / artifacts.METRICS_FILE, {"status": "failed", "error": error})
 
     paths = write_run_report(run_dir)
 

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_pipeline import artifacts, cli, faults, run_lock
-from finetune_pipeline.compare import compare_runs
+from finetune_pipeline import cli
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.interruption import Interrupted
-from finetune_pipeline.artifacts import RESUME_FILE
-from finetune_pipeline.resume import RESUME_FORMAT_VERSION
-from finetune_pipeline.run import resume_training, run_training
+from finetune_pipeline.experiments.compare import compare_runs
+from finetune_pipeline.runs import artifacts, run_lock
+from finetune_pipeline.runs.artifacts import RESUME_FILE
+from finetune_pipeline.runs.resume import RESUME_FORMAT_VERSION
+from finetune_pipeline.runs.run import resume_training, run_training
+from finetune_pipeline.runtime import faults, files
+from finetune_pipeline.runtime.interruption import Interrupted
 from tests.conftest import REPO_ROOT
 
 # Everything a run's outcome is; times and resume bookkeeping are not.
@@ -37,7 +39,7 @@ def outcome_of(run_dir: Path) -> dict:
 
 def step_losses(run_dir: Path) -> list[tuple[str, str]]:
     """(step, loss) of every logged step, the last logging of each step winning (a resumed run repeats some)."""
-    from finetune_pipeline.run_log import read_events
+    from finetune_pipeline.runtime.run_log import read_events
 
     by_step = {event["step"]: event["loss"] for event in read_events(run_dir / artifacts.TRAIN_LOG_FILE, "step")}
     return sorted(by_step.items(), key=lambda item: int(item[0]))
@@ -77,7 +79,7 @@ def test_an_interrupted_and_resumed_run_ends_bit_for_bit_as_an_uninterrupted_one
     stopped = max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
     assert metrics_of(stopped)["status"] == "interrupted"
     assert (stopped / artifacts.FINAL_MODEL_FILE).is_file() and (stopped / RESUME_FILE).is_file()
-    assert artifacts.load_checkpoint(stopped / artifacts.FINAL_MODEL_FILE)["step"] == metrics_of(stopped)["optimizer_steps"]
+    assert files.load_checkpoint(stopped / artifacts.FINAL_MODEL_FILE)["step"] == metrics_of(stopped)["optimizer_steps"]
 
     resumed = resume_training(stopped)
     assert resumed == stopped
@@ -85,8 +87,8 @@ def test_an_interrupted_and_resumed_run_ends_bit_for_bit_as_an_uninterrupted_one
     assert outcome_of(resumed) == outcome_of(uninterrupted)
     assert step_losses(resumed) == step_losses(uninterrupted)
     for file_name in (artifacts.BEST_MODEL_FILE, artifacts.FINAL_MODEL_FILE):
-        expected = artifacts.load_checkpoint(uninterrupted / file_name)["model_state"]
-        got = artifacts.load_checkpoint(resumed / file_name)["model_state"]
+        expected = files.load_checkpoint(uninterrupted / file_name)["model_state"]
+        got = files.load_checkpoint(resumed / file_name)["model_state"]
         assert all(torch.equal(expected[name], got[name]) for name in expected), file_name
     assert not (resumed / RESUME_FILE).exists()  # a completed run keeps no resume checkpoint
     resume_events = [line for line in (resumed / artifacts.TRAIN_LOG_FILE).read_text().splitlines()
@@ -129,7 +131,7 @@ def test_other_code_is_refused_unless_forced(make_config, monkeypatch):
     stopped = max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
     metrics = metrics_of(stopped)
     metrics["code_version"]["source_sha256"] = "0" * 64
-    artifacts.write_json(stopped / artifacts.METRICS_FILE, metrics)
+    files.write_json(stopped / artifacts.METRICS_FILE, metrics)
     with pytest.raises(UserInputError, match="--force"):
         resume_training(stopped)
     assert metrics_of(resume_training(stopped, force=True))["status"] == "completed"
@@ -142,9 +144,9 @@ def test_a_resume_checkpoint_of_another_format_is_refused(make_config, monkeypat
         run_training(config)
     monkeypatch.delenv(faults.FAULT_VARIABLE)
     stopped = max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
-    checkpoint = artifacts.load_checkpoint(stopped / RESUME_FILE)
+    checkpoint = files.load_checkpoint(stopped / RESUME_FILE)
     assert checkpoint["format_version"] == RESUME_FORMAT_VERSION
-    artifacts.save_torch(stopped / RESUME_FILE, {**checkpoint, "format_version": RESUME_FORMAT_VERSION - 1})
+    files.save_torch(stopped / RESUME_FILE, {**checkpoint, "format_version": RESUME_FORMAT_VERSION - 1})
     with pytest.raises(UserInputError, match="written by another version of this package; start the run again"):
         resume_training(stopped)
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import BertModel
 
-from finetune_pipeline import artifacts, run_log
-from finetune_pipeline.device import resolve_precision
-from finetune_pipeline.freeze_proof import tensor_sha256
-from finetune_pipeline.run import run_training
+from finetune_pipeline.core.device import resolve_precision
+from finetune_pipeline.core.freeze_proof import tensor_sha256
+from finetune_pipeline.runs import artifacts
+from finetune_pipeline.runs.run import run_training
+from finetune_pipeline.runtime import files, run_log
 from tests.conftest import toy_rows, write_csv
 
 
@@ -20,7 +21,7 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    return artifacts.load_checkpoint(run_dir / artifacts.FINAL_MODEL_FILE)["model_state"]
+    return files.load_checkpoint(run_dir / artifacts.FINAL_MODEL_FILE)["model_state"]
 
 
 @pytest.mark.parametrize("batch_size, accumulation", [(2, 4), (1, 8), (3, 3)])
@@ -163,7 +164,7 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model_state": {}, "payload": NotATensor()}, path)
     with pytest.raises(artifacts.UserInputError, match="refused"):
-        artifacts.load_checkpoint(path)
+        files.load_checkpoint(path)
 
 
 def test_train_log_lines_parse_and_carry_the_promised_keys(make_config):
@@ -193,7 +194,7 @@ def test_fp16_on_cpu_never_runs_fp16_and_the_fallback_is_recorded(make_config):
 
 
 def test_ctrl_c_marks_the_run_interrupted_and_keeps_the_best_checkpoint(make_config, monkeypatch):
-    from finetune_pipeline import training
+    from finetune_pipeline.core import training
 
     real_evaluate = training.evaluate
     calls = []
@@ -222,14 +223,14 @@ def test_runs_started_in_the_same_second_get_different_folders(tmp_path):
 
 def test_failed_write_keeps_the_previous_file_whole(tmp_path):
     target = tmp_path / "metrics.json"
-    artifacts.write_json(target, {"status": "running"})
+    files.write_json(target, {"status": "running"})
 
     def write_half_then_crash(file):
         file.write(b'{"status": "compl')
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        artifacts.write_atomically(target, write_half_then_crash)
+        files.write_atomically(target, write_half_then_crash)
     assert json.loads(target.read_text()) == {"status": "running"}
     assert [path.name for path in tmp_path.iterdir()] == ["metrics.json"]
 

@@ -1,0 +1,194 @@
+"""One run as a comparison sees it: what its folder holds (RunRecord), its row (RunRow), its factors (the config
+keys that may differ between runs compared fairly), its provenance (data, backbone, code, device), and how those
+values are written for people."""
+
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune_pipeline.core.config import FROZEN_BACKBONE_IGNORES, changed_values, flatten
+from finetune_pipeline.experiments.stability import Stability, loss_stability
+from finetune_pipeline.runs import run_lock
+from finetune_pipeline.runs.artifacts import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
+from finetune_pipeline.runs.plots import DEFAULT_METRIC_NAME
+from finetune_pipeline.runtime.files import read_json_object
+from finetune_pipeline.runtime.run_log import read_events
+
+SEED_KEY = "seed"  # reported on its own: a seed change is noise, not a factor
+# Where the data lies and where results go are not factors; the data's content is checked by sha256.
+PATH_KEYS = {"data.train_file", "data.val_file", "data.test_file"}
+PATH_PREFIXES = ("output.",)
+FROZEN_BACKBONE_KEY = "training.freeze_backbone"
+MISSING = "—"
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+SHA256_SHOWN = 12  # characters of a digest shown to people; comparisons use all 64
+
+
+@dataclass
+class RunRecord:
+    """What could be read from one run folder; a missing or broken file leaves its part empty."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    config: dict[str, Any] | None  # flattened to dotted keys; None when config.json could not be read
+    losses: list[float]  # the `loss` of each `event=step` line of train.log
+    problems: list[str]
+
+
+@dataclass
+class RunRow:
+    """One run as the comparison shows it."""
+
+    label: str
+    run_dir: Path
+    status: str
+    best_val_score: float | None
+    test_score: float | None
+    best_epoch: int | None
+    wall_time_s: float | None
+    mean_epoch_time_s: float | None
+    peak_rss_mb: float | None
+    stability: Stability
+    seed: int | None
+    factors: dict[str, Any] | None  # the config without seed and path keys; None when config.json is unreadable
+    differences: dict[str, tuple[Any, Any]] | None  # factor -> (reference value, this run's value)
+    split_sizes: dict[str, int]  # split -> number of texts; {} when metrics.json did not record them
+    metric: str
+    repeat_key: str  # equal for runs that are repeats of one another
+
+
+def load_run_record(run_dir: Path) -> RunRecord:
+    metrics, metrics_problem = read_run_file(run_dir / METRICS_FILE, "scores, status and provenance unknown")
+    config, config_problem = read_run_file(run_dir / CONFIG_FILE, "its factors cannot be checked")
+    losses, log_problem = read_losses(run_dir / TRAIN_LOG_FILE)
+    problems = [problem for problem in (metrics_problem, config_problem, log_problem) if problem]
+    return RunRecord(run_dir, metrics or {}, None if config is None else flatten(config), losses, problems)
+
+
+def read_run_file(path: Path, consequence: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(content, None), or (None, what went wrong): a failed run may have left a file missing."""
+    try:
+        return read_json_object(path), None
+    except FileNotFoundError:
+        return None, f"{path.name} is missing: {consequence}"
+    except (OSError, ValueError) as err:
+        return None, f"{path.name} cannot be read ({err}): {consequence}"
+
+
+def read_losses(path: Path) -> tuple[list[float], str | None]:
+    try:
+        return [float(event["loss"]) for event in read_events(path, "step") if "loss" in event], None
+    except FileNotFoundError:
+        return [], f"{path.name} is missing: loss stability unknown"
+    except (OSError, ValueError) as err:
+        return [], f"{path.name} cannot be read ({err}): loss stability unknown"
+
+
+def is_factor(key: str) -> bool:
+    return key != SEED_KEY and key not in PATH_KEYS and not key.startswith(PATH_PREFIXES)
+
+
+def factors_of(record: RunRecord) -> dict[str, Any] | None:
+    if record.config is None:
+        return None
+    frozen = record.config.get(FROZEN_BACKBONE_KEY) is True
+    return {key: value for key, value in record.config.items()
+            if is_factor(key) and not (frozen and key in FROZEN_BACKBONE_IGNORES)}
+
+
+def factor_differences(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The factors whose values differ. A key that factors_of left out of one side (ignored by its frozen
+    backbone) is no difference."""
+    return {key: values for key, values in changed_values(reference, other).items()
+            if key in reference and key in other or key not in FROZEN_BACKBONE_IGNORES}
+
+
+def summarize(record: RunRecord, reference: RunRecord) -> RunRow:
+    metrics = record.metrics
+    seed = metrics.get("seed", (record.config or {}).get(SEED_KEY))
+    factors, reference_factors = factors_of(record), factors_of(reference)
+    comparable = factors is not None and reference_factors is not None
+    epoch_times = metrics.get("epoch_times_s") or []
+    status = run_lock.run_status(Path(record.run_dir), metrics)
+    sizes = metrics.get("split_sizes")
+    return RunRow(
+        label=run_label(record, seed),
+        run_dir=record.run_dir,
+        status=status,
+        best_val_score=metrics.get("best_val_score"),
+        test_score=metrics.get("test_score"),
+        best_epoch=metrics.get("best_epoch"),
+        wall_time_s=metrics.get("wall_time_s"),
+        mean_epoch_time_s=statistics.fmean(epoch_times) if epoch_times else None,
+        peak_rss_mb=(metrics.get("peak_memory_mb") or {}).get("process_rss"),
+        stability=loss_stability(record.losses),
+        seed=seed,
+        factors=factors,
+        differences=factor_differences(reference_factors, factors) if comparable else None,
+        split_sizes={split: size for split, size in (sizes or {}).items() if isinstance(size, int) and size > 0},
+        metric=str(metrics.get("metric") or DEFAULT_METRIC_NAME),
+        repeat_key=json.dumps([status, seed, factors, data_identity(record), backbone_identity(record),
+                               code_identity(record), hardware_identity(record)], sort_keys=True, default=str)
+        if factors is not None else f"unknown config {record.run_dir}",  # an unreadable config repeats nothing
+    )
+
+
+def run_label(record: RunRecord, seed: int | None) -> str:
+    """The run folder's name, or for a sweep member its name and seed: 'hidden_dim=128 (seed 42)'."""
+    member = record.metrics.get("sweep_member")
+    return f"{member} (seed {seed})" if isinstance(member, str) else record.run_dir.name
+
+
+def data_identity(record: RunRecord) -> dict[str, str | None] | None:
+    """split -> sha256 of its file (None for a split carved out of the train file); None for runs without it."""
+    data_files = record.metrics.get("data_files")
+    if not isinstance(data_files, dict):
+        return None
+    return {split: (entry or {}).get("sha256") for split, entry in data_files.items()}
+
+
+def backbone_identity(record: RunRecord) -> dict[str, Any] | None:
+    """The backbone's name and a sha256 over all its weights; None when the run did not record the weights."""
+    sha256 = record.metrics.get("backbone_sha256")
+    return None if sha256 is None else {"model.backbone": (record.config or {}).get("model.backbone"),
+                                        "backbone_sha256": sha256}
+
+
+def code_identity(record: RunRecord) -> dict[str, Any] | None:
+    """The package version and its source's sha256; runs recorded before that hash existed fall back to the
+    git commit (where a commit that changed only documentation still counts as a change)."""
+    version = record.metrics.get("code_version")
+    if not isinstance(version, dict) or not version.get("source_sha256"):
+        return version
+    return {"package": version.get("package"), "source_sha256": version["source_sha256"]}
+
+
+def hardware_identity(record: RunRecord) -> dict[str, Any] | None:
+    """Where the run computed and in which precision it really ran (a CPU may run bf16 or fp32 for "fp16")."""
+    precision = record.metrics.get("mixed_precision")
+    if not isinstance(precision, dict):
+        return None
+    return {"device": record.metrics.get("device"), "precision used": precision.get("used")}
+
+
+def readable_value(value: Any) -> str:
+    """A config or provenance value for people: strings bare, sha256 digests shortened, the rest as JSON."""
+    if isinstance(value, str):
+        return f"{value[:SHA256_SHOWN]}…" if SHA256_PATTERN.fullmatch(value) else value
+    return json.dumps(value)
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """'model.hidden_dim: 256 → 128; model.dropout: 0.1 → 0.2'."""
+    return "; ".join(f"{key}: {readable_value(old)} → {readable_value(new)}" for key, (old, new) in changes.items())
+
+
+def format_number(value: float | None, digits: int) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def format_seeds(seeds: list[int]) -> str:
+    return ",".join(map(str, seeds)) or MISSING

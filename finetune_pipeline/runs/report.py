@@ -1,0 +1,329 @@
+"""report.html: one page that says what a run did, from whatever its folder holds.
+
+The page is a single self-contained file: the CSS is inline and the curves are embedded as a
+`data:` URI, so it opens offline, can be mailed as is, and never contacts a server. It is written at
+the end of every run, failed and interrupted ones included, so every section copes with missing
+files and fields and says what is missing instead of failing.
+"""
+
+import base64
+import json
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any, Callable
+
+from finetune_pipeline.core.config import Config, flatten
+from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, example_worth
+from finetune_pipeline.runs.artifacts import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    FREEZE_PROOF_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    TRAIN_LOG_FILE,
+)
+from finetune_pipeline.runs.plots import DEFAULT_METRIC_NAME, RunCurves, plot_run_curves, read_run_curves
+from finetune_pipeline.runtime.files import read_json_object, write_atomically
+
+STYLE = """
+body { font-family: sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+tr.changed td { background: #fff3c4; font-weight: bold; }
+td.hit { background: #d9f2d9; } td.miss { background: #f8d7d7; }
+.status { display: inline-block; padding: 0.2em 0.6em; border-radius: 0.3em; color: white; background: #777; }
+.status.completed { background: #2e7d32; } .status.failed { background: #c62828; }
+.status.interrupted, .status.running { background: #ef6c00; }
+.missing { color: #8a6d00; font-style: italic; }
+.bad { color: #c62828; font-weight: bold; } .good { color: #2e7d32; font-weight: bold; }
+pre { background: #f6f6f6; padding: 0.8em; white-space: pre-wrap; }
+img { max-width: 100%; }
+"""
+
+STATUS_EXPLANATIONS = {
+    "completed": "the run finished: trained, then tested once with the best checkpoint",
+    "failed": "the run stopped with an error; the files below are those written before it",
+    "interrupted": "the run was stopped by Ctrl-C; the files below are those written before it",
+    "running": "metrics.json still says running: the process was killed before it could record its end",
+}
+
+
+@dataclass
+class RunFiles:
+    """What a run folder holds; a file that is missing or unreadable is None, and `problems` says why."""
+
+    run_dir: Path
+    metrics: dict[str, Any]  # {} without a readable metrics.json, so that .get() works everywhere
+    config: dict[str, Any] | None
+    freeze_proof: dict[str, Any] | None
+    curves: RunCurves
+    problems: list[str]
+
+
+def write_run_report(run_dir: Path) -> list[Path]:
+    """Write curves.png and report.html into the run folder and return their paths."""
+    run = read_run_files(run_dir)
+    curves_path = run_dir / CURVES_FILE
+    plot_run_curves(run.curves, curves_path)
+    report_path = run_dir / REPORT_FILE
+    page = render_page(run, curves_path.read_bytes())
+    write_atomically(report_path, lambda file: file.write(page.encode("utf-8")))
+    return [curves_path, report_path]
+
+
+def read_run_files(run_dir: Path) -> RunFiles:
+    problems: list[str] = []
+    metrics = read_json(run_dir / METRICS_FILE, problems) or {}
+    config = read_json(run_dir / CONFIG_FILE, problems)
+    freeze_proof = read_json(run_dir / FREEZE_PROOF_FILE, problems)
+    if not (run_dir / TRAIN_LOG_FILE).exists():
+        problems.append(f"{TRAIN_LOG_FILE}: not written")
+    try:
+        curves = read_run_curves(run_dir, label=run_dir.name)
+    except (ValueError, KeyError) as error:  # a line that is not key=value pairs, or a step line without loss
+        problems.append(f"{TRAIN_LOG_FILE}: could not be read ({type(error).__name__}: {error})")
+        curves = RunCurves(run_dir.name, [], [], [], [], [], metrics.get("metric") or DEFAULT_METRIC_NAME)
+    return RunFiles(run_dir, metrics, config, freeze_proof, curves, problems)
+
+
+def read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The file's JSON object, or None with the reason added to problems."""
+    try:
+        return read_json_object(path)
+    except FileNotFoundError:
+        problems.append(f"{path.name}: not written")
+    except (OSError, ValueError) as error:
+        problems.append(f"{path.name}: could not be read ({error})")
+    return None
+
+
+# ---- the page ------------------------------------------------------------------------------------
+
+
+def render_page(run: RunFiles, curves_png: bytes) -> str:
+    sections: list[tuple[str, Callable[[], str]]] = [
+        ("Headline", lambda: headline_section(run.metrics)),
+        ("Mixed precision", lambda: precision_section(run.metrics)),
+        ("Curves", lambda: curves_section(curves_png)),
+        ("Per class", lambda: per_class_section(run.metrics)),
+        ("Confusion matrix", lambda: confusion_section(run.metrics)),
+        ("Freeze proof", lambda: freeze_proof_section(run.freeze_proof)),
+        ("Split sizes and resolution", lambda: split_sizes_section(run.metrics)),
+        ("Config", lambda: config_section(run.config)),
+    ]
+    body = [status_section(run), *(section(title, build) for title, build in sections)]
+    title = escape(f"Run {run.run_dir.name}")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n<h1>{title}</h1>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+def section(title: str, build: Callable[[], str]) -> str:
+    try:
+        content = build()
+    except Exception as error:
+        # A field of an unexpected shape (an older run, a hand edit) costs one section, not the report:
+        # the report is written while a failed run is ending, and must never hide that run's own error.
+        content = missing(f"could not be shown ({type(error).__name__}: {error})")
+    return f"<h2>{escape(title)}</h2>\n{content}"
+
+
+def status_section(run: RunFiles) -> str:
+    status = str(run.metrics.get("status", "unknown"))
+    parts = [
+        f'<p>Status: <span class="status {escape(status)}">{escape(status)}</span> '
+        f"{escape(STATUS_EXPLANATIONS.get(status, 'no metrics.json status was recorded'))}</p>"
+    ]
+    if run.metrics.get("error"):
+        parts.append(f"<pre>{escape(str(run.metrics['error']))}</pre>")
+    if run.problems:
+        items = "".join(f"<li>{escape(problem)}</li>" for problem in run.problems)
+        parts.append(missing("Missing or unreadable in this run folder:") + f'\n<ul class="missing">{items}</ul>')
+    return "\n".join(parts)
+
+
+def headline_section(metrics: dict[str, Any]) -> str:
+    if not metrics:
+        return missing(f"no {METRICS_FILE}: nothing was measured")
+    return key_value_table([
+        ("metric", metrics.get("metric")),
+        ("best_val_score", metrics.get("best_val_score")),
+        ("best_epoch", metrics.get("best_epoch")),
+        ("test_score", metrics.get("test_score")),
+        ("wall time", format_seconds(metrics.get("wall_time_s"))),
+        ("peak memory", format_memory(metrics.get("peak_memory_mb"))),
+        ("device", metrics.get("device")),
+    ])
+
+
+def precision_section(metrics: dict[str, Any]) -> str:
+    precision = metrics.get("mixed_precision")
+    if not precision:
+        return missing(f"{METRICS_FILE} has no mixed_precision")
+    return key_value_table([
+        ("requested", precision.get("requested")),
+        ("used", precision.get("used")),
+        ("why they differ", precision.get("reason") or "they do not"),
+    ])
+
+
+def curves_section(curves_png: bytes) -> str:
+    encoded = base64.b64encode(curves_png).decode("ascii")
+    return (f'<img alt="train loss, val score and learning rate" src="data:image/png;base64,{encoded}">\n'
+            f"<p>The same image is saved as {CURVES_FILE} next to this file.</p>")
+
+
+def evaluation_source(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The metrics to detail: the test split's, else the best epoch's val metrics, else None."""
+    if metrics.get("test_metrics"):
+        return "test split (best checkpoint)", metrics["test_metrics"]
+    if metrics.get("val_metrics"):
+        return "val split, best epoch (the run has no test metrics)", metrics["val_metrics"]
+    return None
+
+
+def per_class_section(metrics: dict[str, Any]) -> str:
+    source = evaluation_source(metrics)
+    if source is None or not source[1].get("per_class"):
+        return missing(f"{METRICS_FILE} has neither test_metrics nor val_metrics: no epoch was evaluated")
+    split, evaluated = source
+    rows = [
+        [cell(name), *(cell(scores[key], "number") for key in ("precision", "recall", "f1", "support"))]
+        for name, scores in evaluated["per_class"].items()
+    ]
+    return f"<p>From the {escape(split)}.</p>\n" + table(["label", "precision", "recall", "f1", "support"], rows)
+
+
+def confusion_section(metrics: dict[str, Any]) -> str:
+    source = evaluation_source(metrics)
+    if source is None or not source[1].get("confusion_matrix"):
+        return missing(f"{METRICS_FILE} has no confusion matrix yet")
+    split, evaluated = source
+    matrix = evaluated["confusion_matrix"]
+    names = metrics.get("label_names") or [str(index) for index in range(len(matrix))]
+    rows = [
+        [cell(true_name, tag="th"),
+         *(cell(count, "number " + ("hit" if row == column else "miss" if count else ""))
+           for column, count in enumerate(counts))]
+        for row, (true_name, counts) in enumerate(zip(names, matrix, strict=True))
+    ]
+    return (f"<p>From the {escape(split)}. Rows: true label; columns: predicted label. "
+            "The diagonal holds the correct predictions.</p>\n"
+            + table(["true \\ predicted", *names], rows))
+
+
+def freeze_proof_section(proof: dict[str, Any] | None) -> str:
+    if proof is None:
+        return missing(f"no {FREEZE_PROOF_FILE}: the run stopped before training finished")
+    summary = proof.get("summary") or {}
+    verdict_class = "good" if proof.get("consistent_with_config") else "bad"
+    return (
+        f'<p>Backbone: <span class="{verdict_class}">{escape(backbone_verdict(proof))}</span></p>\n'
+        f"<p>Head: {escape(head_verdict(proof))}</p>\n"
+        + key_value_table(list(summary.items()))
+    )
+
+
+def backbone_verdict(proof: dict[str, Any]) -> str:
+    """The proof in plain words, e.g. 'frozen and unchanged: consistent'."""
+    frozen, changed = proof.get("freeze_backbone"), proof.get("backbone_changed")
+    setting = {True: "frozen", False: "trained", None: "frozen or trained (not recorded)"}[frozen]
+    outcome = {True: "changed", False: "unchanged", None: "change not recorded"}[changed]
+    consistent = proof.get("consistent_with_config")
+    if consistent is None:
+        return f"{setting} and {outcome}"
+    if consistent:
+        return f"{setting} and {outcome}: consistent"
+    why = ("something updated weights that should stay fixed" if frozen
+           else "the encoder learning rate had no effect")
+    return f"{setting} but {outcome}: INCONSISTENT ({why})"
+
+
+def head_verdict(proof: dict[str, Any]) -> str:
+    changed = proof.get("head_changed")
+    if changed is None:
+        return "change not recorded"
+    return "changed, as training should" if changed else "UNCHANGED: the head did not learn (learning rate?)"
+
+
+def split_sizes_section(metrics: dict[str, Any]) -> str:
+    """Each split's size and its resolution: what one example is worth in the metric."""
+    sizes = metrics.get("split_sizes")
+    if not sizes:
+        return missing(f"{METRICS_FILE} has no split_sizes")
+    metric = str(metrics.get("metric") or DEFAULT_METRIC_NAME)
+    sources = metrics.get("data_sources") or {}
+    rows = [[cell(split), cell(size, "number"),
+             cell(example_worth(size, metric) if isinstance(size, int) and size > 0 else "—"),
+             cell(sources.get(split))]
+            for split, size in sizes.items()]
+    note = (f"<p>A difference of fewer than {RESOLUTION_EXAMPLES} val examples between two runs is below the "
+            "resolution of the val set: no evidence of an effect, whatever the seeds say.</p>")
+    return table(["split", "texts", "resolution", "source"], rows) + "\n" + note
+
+
+def config_section(config: dict[str, Any] | None) -> str:
+    if config is None:
+        return missing(f"no {CONFIG_FILE}")
+    defaults = flatten(Config().to_plain())
+    rows, row_classes = [], []
+    for key, value in flatten(config).items():
+        default = defaults.get(key, "(not in the schema)")
+        rows.append([cell(key), cell(json.dumps(value)),
+                     cell(json.dumps(default) if key in defaults else default)])
+        row_classes.append("changed" if key not in defaults or value != default else "")
+    return ("<p>Highlighted: the keys this run set to something other than the default.</p>\n"
+            + table(["key", "value", "default"], rows, row_classes))
+
+
+# ---- building blocks -----------------------------------------------------------------------------
+
+
+def missing(text: str) -> str:
+    return f'<p class="missing">{escape(text)}</p>'
+
+
+def show(value: Any) -> str:
+    if value is None:
+        return "not recorded"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def cell(value: Any, css_class: str = "", tag: str = "td") -> str:
+    """One table cell, its text escaped (every table's text goes through here)."""
+    class_attribute = f' class="{escape(css_class.strip())}"' if css_class.strip() else ""
+    return f"<{tag}{class_attribute}>{escape(show(value))}</{tag}>"
+
+
+def table(header: list[str] | None, rows: list[list[str]], row_classes: list[str] | None = None) -> str:
+    """rows hold cells made by cell(); row_classes, when given, holds one CSS class per row ("" for none)."""
+    lines = [f"<tr>{''.join(f'<th>{escape(name)}</th>' for name in header)}</tr>"] if header else []
+    for cells, css_class in zip(rows, row_classes or [""] * len(rows), strict=True):
+        opening = f'<tr class="{escape(css_class)}">' if css_class else "<tr>"
+        lines.append(opening + "".join(cells) + "</tr>")
+    return "<table>\n" + "\n".join(lines) + "\n</table>"
+
+
+def key_value_table(pairs: list[tuple[str, Any]]) -> str:
+    return table(None, [[cell(key, tag="th"), cell(value)] for key, value in pairs])
+
+
+def format_seconds(seconds: Any) -> str | None:
+    if not isinstance(seconds, (int, float)):
+        return None
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{seconds:.1f} s" + (f" ({minutes} min {rest} s)" if minutes else "")
+
+
+def format_memory(peak_mb: Any) -> str | None:
+    """{'process_rss': 993.2, 'cuda_allocated': 512.0} -> 'process_rss 993 MiB, cuda_allocated 512 MiB'."""
+    if not isinstance(peak_mb, dict) or not peak_mb:
+        return None
+    return ", ".join(f"{kind} {value:.0f} MiB" for kind, value in peak_mb.items())

@@ -1,0 +1,111 @@
+"""The transformers folder: what `from_pretrained(folder, trust_remote_code=True)` and `pipeline(...)` load.
+
+    config.json                    PooledClassifierConfig: id2label, pooling, head sizes, the encoder's own
+                                   config, auto_map, and the run's effective config (key "finetune_pipeline")
+    model.safetensors              encoder and head weights, float32
+    modeling_pooled_classifier.py  the model's code: torch and transformers only
+    tokenizer files                the run's tokenizer, cutting texts at the run's data.max_length
+    README.md                      the model card
+
+This package reads the folder back into its own TextClassifier (same weights, renamed), so that predict and
+evaluate run an export exactly as they run a run folder.
+"""
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from finetune_pipeline.core.config import config_from_dict
+from finetune_pipeline.core.model import TextClassifier
+from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.runs.artifacts import LoadedRun
+from finetune_pipeline.runtime.files import read_json_object
+from finetune_pipeline.serving.model_card import model_card
+from finetune_pipeline.serving.modeling_pooled_classifier import (
+    PooledClassifierConfig,
+    PooledClassifierForSequenceClassification,
+)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+RUN_KEY = "finetune_pipeline"  # config.json's record of the run: {"run_dir", "checkpoint", "config"}
+
+# save_pretrained then copies the classes' file into the folder and names them in config.json's auto_map.
+PooledClassifierConfig.register_for_auto_class()
+PooledClassifierForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+# transformers names an encoder "encoder" (its "backbone" means a vision backbone); this package says backbone.
+PACKAGE_PREFIX, EXPORT_PREFIX = "backbone.", "encoder."
+
+
+def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_config_file: dict[str, Any]) -> None:
+    """Write the run's model, tokenizer, code and card into folder: a new temporary folder, renamed into place
+    when complete, so its files need no atomic writes of their own."""
+    label_names = run.label_names
+    config = PooledClassifierConfig(
+        encoder_config=run.model.backbone.config.to_dict(),
+        pooling=run.config.model.pooling,
+        head_hidden_size=run.config.model.hidden_dim,
+        head_dropout=run.config.model.dropout,
+        id2label=dict(enumerate(label_names)),
+        label2id={name: index for index, name in enumerate(label_names)},
+        problem_type="single_label_classification",  # the pipeline applies softmax, as predict does
+        **{RUN_KEY: {**source, "config": run.config.to_plain()}},
+    )
+    model = PooledClassifierForSequenceClassification(config)
+    model.load_state_dict(renamed(run.model.state_dict(), PACKAGE_PREFIX, EXPORT_PREFIX))  # strict: every weight
+    model.save_pretrained(folder)  # safetensors: no pickle
+    exported_tokenizer(run).save_pretrained(folder)
+    (folder / CARD_FILE).write_text(model_card(run, source, run_config_file), encoding="utf-8")
+
+
+def exported_tokenizer(run: LoadedRun) -> PreTrainedTokenizerBase:
+    """A copy of the run's tokenizer that cuts texts at the run's data.max_length, as training did: in
+    transformers with truncation=True (model_max_length), and in the `tokenizers` library alone, which reads
+    tokenizer.json, truncates and pads a batch by itself (transformers applies only what it is called with)."""
+    max_length = run.config.data.max_length
+    tokenizer = copy.deepcopy(run.tokenizer)
+    tokenizer.model_max_length = max_length
+    tokenizer.init_kwargs["max_length"] = max_length  # the backbone's tokenizer.json may say another (MiniLM: 128)
+    if getattr(tokenizer, "is_fast", False):  # one without tokenizer.json (sentencepiece only) needs transformers
+        tokenizer.backend_tokenizer.enable_truncation(max_length)
+        tokenizer.backend_tokenizer.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
+    return tokenizer
+
+
+def renamed(state: dict[str, Any], old_prefix: str, new_prefix: str) -> dict[str, Any]:
+    """The same tensors, with old_prefix replaced by new_prefix where a name starts with it."""
+    return {(new_prefix + name.removeprefix(old_prefix) if name.startswith(old_prefix) else name): tensor
+            for name, tensor in state.items()}
+
+
+def is_hf_export(folder: Path) -> bool:
+    try:
+        return read_json_object(folder / CONFIG_FILE).get("model_type") == PooledClassifierConfig.model_type
+    except (OSError, ValueError):
+        return False
+
+
+def load_hf_export(folder: Path) -> tuple[LoadedRun, str]:
+    """The exported model as the TextClassifier it was trained as, in eval mode on the CPU, and the run's
+    checkpoint file it was exported from."""
+    hf_config = read_json_object(folder / CONFIG_FILE)
+    try:
+        record = hf_config[RUN_KEY]
+        backbone_config = AutoConfig.for_model(**hf_config["encoder_config"])
+        label_names = [hf_config["id2label"][str(index)] for index in range(len(hf_config["id2label"]))]
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserInputError(f"{folder / CONFIG_FILE}: not a config that finetune export wrote ({err!r}); "
+                             "export the run again") from None
+    run_config = config_from_dict(record["config"], source=str(folder / CONFIG_FILE))
+    # The architecture comes from the config alone; every weight then comes from the folder.
+    backbone = AutoModel.from_config(backbone_config, attn_implementation="sdpa")
+    model = TextClassifier(backbone, backbone_config, run_config.model, num_labels=len(label_names))
+    model.load_state_dict(renamed(load_file(folder / WEIGHTS_FILE), EXPORT_PREFIX, PACKAGE_PREFIX))
+    # config= : AutoTokenizer would otherwise read config.json, whose auto_map asks to trust remote code
+    tokenizer = AutoTokenizer.from_pretrained(folder, config=backbone_config)
+    return LoadedRun(model.eval(), tokenizer, label_names, run_config, metrics={}), record["checkpoint"]

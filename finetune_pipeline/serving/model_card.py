@@ -1,0 +1,143 @@
+"""The model card: README.md of the transformers folder, in the Hugging Face hub's format.
+
+YAML front matter (what the hub indexes: library, task, tags, base model, language), then what a reader
+needs to trust and use the model: task and labels, how to load it, the data (with sha256), the val and test
+scores per class, how it was trained (precision, device, the effective config) and its limitations. Every
+figure comes from the run folder's metrics.json and config.json.
+"""
+
+import json
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCardData, metadata_load, try_to_load_from_cache
+
+from finetune_pipeline.core.model import resolve_backbone
+from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, LoadedRun
+
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # "owner/name" or "name"
+
+
+def model_card(run: LoadedRun, source: dict[str, str], run_config_file: dict[str, Any]) -> str:
+    """source: {"run_dir": its name, "checkpoint": the file exported}; run_config_file: the run's config.json."""
+    config, metrics = run.config, run.metrics
+    backbone = config.model.backbone
+    language = backbone_language(backbone)
+    front_matter = ModelCardData(
+        library_name="transformers", pipeline_tag="text-classification",
+        tags=["text-classification", "custom_code", "finetune-pipeline"],
+        base_model=backbone if is_hub_id(backbone) else None, language=language,
+    ).to_yaml()
+    labels = ", ".join(f"`{name}`" for name in run.label_names)
+    max_length = config.data.max_length
+    sections = [
+        f"---\n{front_matter}\n---",
+        f"# Text classifier: {', '.join(run.label_names)}",
+        f"Fine-tuned from `{backbone}` with finetune_pipeline: run `{source['run_dir']}`, checkpoint "
+        f"`{source['checkpoint']}` (epoch {checkpoint_epoch(metrics, source['checkpoint'])}). "
+        f"Exported on {date.today().isoformat()}.",
+        "## Task",
+        f"Single-label text classification into {len(run.label_names)} classes: {labels}. The encoder's last "
+        f"hidden states are {pooling_words(config.model.pooling)}, then a two-layer head scores the classes "
+        f"(Linear {run.model.head.dense.in_features} -> {config.model.hidden_dim}, GELU, dropout "
+        f"{config.model.dropout}, Linear {config.model.hidden_dim} -> {len(run.label_names)}).",
+        "## How to use",
+        "```python\nfrom transformers import pipeline\n\n"
+        'classifier = pipeline("text-classification", model="PATH/TO/THIS/FOLDER", trust_remote_code=True, '
+        "top_k=None)\n"
+        'classifier(["A warm, funny film."], truncation=True)\n```',
+        "`trust_remote_code=True` runs `modeling_pooled_classifier.py` from this folder (it imports torch and "
+        f"transformers only). `truncation=True` cuts texts at {max_length} tokens, as training did.",
+        "## Data",
+        data_table(metrics),
+        "## Results",
+        results(metrics, source["checkpoint"]),
+        "## Training",
+        training(metrics, config.training.freeze_backbone),
+        "Effective config (the run's config.json):",
+        f"```json\n{json.dumps(run_config_file, indent=2, ensure_ascii=False)}\n```",
+        "## Limitations",
+        limitations(metrics, language, backbone, max_length),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def is_hub_id(backbone: str) -> bool:
+    return not Path(backbone).expanduser().exists() and HUB_ID.fullmatch(backbone) is not None
+
+
+def backbone_language(backbone: str) -> str | list[str] | None:
+    """The language in the backbone's own model card, where a copy is on this machine (nothing is fetched)."""
+    location = Path(resolve_backbone(backbone))
+    readme = location / "README.md" if location.is_dir() else try_to_load_from_cache(backbone, "README.md")
+    if not isinstance(readme, (str, Path)) or not Path(readme).is_file():  # not cached: a sentinel or None
+        return None
+    return (metadata_load(readme) or {}).get("language")
+
+
+def checkpoint_epoch(metrics: dict[str, Any], checkpoint: str) -> int:
+    return metrics["best_epoch"] if checkpoint == BEST_MODEL_FILE else metrics["history"][-1]["epoch"]
+
+
+def pooling_words(pooling: str) -> str:
+    return "averaged over the text's tokens (mean pooling)" if pooling == "mean" else "taken at [CLS]"
+
+
+def cell(value: Any) -> str:
+    return str(value).replace("|", "\\|")
+
+
+def data_table(metrics: dict[str, Any]) -> str:
+    rows = ["| split | examples | file | sha256 |", "| --- | ---: | --- | --- |"]
+    for split, file in metrics["data_files"].items():
+        where = ("carved out of the train file (seeded, stratified)", "") if file is None else (
+            f"`{cell(file['path'])}`", f"`{file['sha256']}`")
+        rows.append(f"| {split} | {metrics['split_sizes'][split]:,} | {where[0]} | {where[1]} |")
+    return "\n".join(rows)
+
+
+def results(metrics: dict[str, Any], checkpoint: str) -> str:
+    scores = {"val": metrics["val_metrics"], "test": metrics["test_metrics"]}
+    lines = [f"The best checkpoint is the epoch with the best val {metrics['metric']} (epoch "
+             f"{metrics['best_epoch']}); the test split was scored once, with it.", "",
+             "| split | accuracy | macro-F1 |", "| --- | ---: | ---: |"]
+    lines += [f"| {split} | {values['accuracy']:.4f} | {values['macro_f1']:.4f} |" for split, values in scores.items()]
+    for split, values in scores.items():
+        lines += ["", f"Per class, {split}:", "", "| class | precision | recall | F1 | support |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {cell(name)} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
+                  for name, c in values["per_class"].items()]
+    final = metrics["history"][-1]
+    if checkpoint != BEST_MODEL_FILE and final["epoch"] != metrics["best_epoch"]:
+        lines += ["", f"This folder holds the final checkpoint (epoch {final['epoch']}), not the best one: its val "
+                  f"accuracy was {final['val_accuracy']:.4f} and macro-F1 {final['val_macro_f1']:.4f}; its test "
+                  "scores were not measured."]
+    return "\n".join(lines)
+
+
+def training(metrics: dict[str, Any], frozen: bool) -> str:
+    precision = metrics["mixed_precision"]
+    reason = f" ({precision['reason']})" if precision["reason"] else ""
+    return "\n".join([
+        f"- device: {metrics['device']}",
+        f"- precision: {precision['requested']} requested, {precision['used']} used{reason}. The exported weights "
+        "are float32, as the run's checkpoints are: run in float32, they give the run's probabilities within 1e-5",
+        f"- backbone: {'frozen (only the head was trained)' if frozen else 'fine-tuned with the head'}",
+        f"- epochs: {len(metrics['history'])}, effective batch size {metrics['effective_batch_size']}, seed "
+        f"{metrics['seed']}",
+    ])
+
+
+def limitations(metrics: dict[str, Any], language: str | list[str] | None, backbone: str, max_length: int) -> str:
+    spoken = (f"{', '.join(language) if isinstance(language, list) else language} (from the backbone's model card)"
+              if language else f"unknown here (no model card of `{backbone}` on this machine); it is the backbone's")
+    cut = metrics["token_lengths"].get("test")
+    cut_text = f" ({cut['truncated_share']:.1%} of the test texts were longer)" if cut else ""
+    return "\n".join([
+        f"- Language: {spoken}. Texts in other languages get unreliable scores.",
+        f"- Length: texts are cut at {max_length} tokens{cut_text}; words beyond that are not seen.",
+        "- Scope: the scores hold for data like the files above; a different domain or label distribution "
+        "can score lower. They come from one run with one seed.",
+    ])
