@@ -61,6 +61,15 @@ def interrupt_at(monkeypatch, point: str, count: int) -> None:
     monkeypatch.setenv(faults.FAULT_VARIABLE, f"{point}:{count}:SIGINT")
 
 
+def interrupted_run(monkeypatch, config, point: str, count: int) -> Path:
+    """Run config until a Ctrl-C the count-th time it passes point; the folder of that stopped run."""
+    interrupt_at(monkeypatch, point, count)
+    with pytest.raises(Interrupted):
+        run_training(config)
+    monkeypatch.delenv(faults.FAULT_VARIABLE)
+    return max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
+
+
 @pytest.mark.parametrize(("training", "point", "count"), [
     (FROZEN, "micro_batch", 9),  # mid-epoch, mid optimizer step (cached features)
     (FROZEN, "epoch_end", 1),  # between epochs: validated, epoch files not yet written
@@ -72,11 +81,7 @@ def test_an_interrupted_and_resumed_run_ends_bit_for_bit_as_an_uninterrupted_one
     config = make_config(training=training, output={"checkpoint_every_steps": 2})
     uninterrupted = run_training(config)
 
-    interrupt_at(monkeypatch, point, count)
-    with pytest.raises(Interrupted):
-        run_training(config)
-    monkeypatch.delenv(faults.FAULT_VARIABLE)
-    stopped = max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
+    stopped = interrupted_run(monkeypatch, config, point, count)
     assert metrics_of(stopped)["status"] == "interrupted"
     assert (stopped / artifacts.FINAL_MODEL_FILE).is_file() and (stopped / RESUME_FILE).is_file()
     assert files.load_checkpoint(stopped / artifacts.FINAL_MODEL_FILE)["step"] == metrics_of(stopped)["optimizer_steps"]
@@ -103,11 +108,7 @@ def test_a_completed_run_a_changed_config_or_changed_data_are_not_resumed(make_c
                                              f"{completed}$"):
         resume_training(completed)
 
-    interrupt_at(monkeypatch, "step", 3)
-    with pytest.raises(Interrupted):
-        run_training(config)
-    monkeypatch.delenv(faults.FAULT_VARIABLE)
-    stopped = max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
+    stopped = interrupted_run(monkeypatch, config, "step", 3)
 
     config_file = stopped / artifacts.CONFIG_FILE
     original = config_file.read_text()
@@ -124,11 +125,7 @@ def test_a_completed_run_a_changed_config_or_changed_data_are_not_resumed(make_c
 
 def test_other_code_is_refused_unless_forced(make_config, monkeypatch):
     config = make_config(output={"checkpoint_every_steps": 1})
-    interrupt_at(monkeypatch, "step", 2)
-    with pytest.raises(Interrupted):
-        run_training(config)
-    monkeypatch.delenv(faults.FAULT_VARIABLE)
-    stopped = max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
+    stopped = interrupted_run(monkeypatch, config, "step", 2)
     metrics = metrics_of(stopped)
     metrics["code_version"]["source_sha256"] = "0" * 64
     files.write_json(stopped / artifacts.METRICS_FILE, metrics)
@@ -139,11 +136,7 @@ def test_other_code_is_refused_unless_forced(make_config, monkeypatch):
 
 def test_a_resume_checkpoint_of_another_format_is_refused(make_config, monkeypatch):
     config = make_config(output={"checkpoint_every_steps": 1})
-    interrupt_at(monkeypatch, "step", 2)
-    with pytest.raises(Interrupted):
-        run_training(config)
-    monkeypatch.delenv(faults.FAULT_VARIABLE)
-    stopped = max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
+    stopped = interrupted_run(monkeypatch, config, "step", 2)
     checkpoint = files.load_checkpoint(stopped / RESUME_FILE)
     assert checkpoint["format_version"] == RESUME_FORMAT_VERSION
     files.save_torch(stopped / RESUME_FILE, {**checkpoint, "format_version": RESUME_FORMAT_VERSION - 1})
@@ -156,11 +149,7 @@ def test_resume_without_a_folder_takes_the_newest_unfinished_run(make_config, mo
     config_path = tmp_path / "resume-config.json"
     config_path.write_text(json.dumps(config.to_plain()))
     completed = run_training(config)
-    interrupt_at(monkeypatch, "step", 3)
-    with pytest.raises(Interrupted):
-        run_training(config)
-    monkeypatch.delenv(faults.FAULT_VARIABLE)
-    stopped = max(Path(config.output.artifacts_root).iterdir(), key=lambda path: path.name)
+    stopped = interrupted_run(monkeypatch, config, "step", 3)
     assert stopped != completed
     assert cli.main(["train", "--config", str(config_path), "--resume"]) == 0
     assert metrics_of(stopped)["status"] == "completed"
