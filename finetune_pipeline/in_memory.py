@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from finetune_pipeline.core.readers import FileSettings, table_records
+from finetune_pipeline.core.readers import FileSettings, dataset_values, table_records
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runtime.files import write_atomically
 
@@ -69,16 +69,6 @@ def column_values(table: Any, wanted: list[str], source: str) -> tuple[list[str]
     if table_kind(table) == "Dataset":
         return dataset_values(table, wanted)
     return dataframe_values(table, wanted, source)
-
-
-def dataset_values(dataset: Any, wanted: list[str]) -> tuple[list[str], dict[str, list[Any]]]:
-    present = [column for column in wanted if column in dataset.column_names]
-    values = dataset.select_columns(present).to_dict()
-    for column in present:  # a ClassLabel column holds ids: the names are the labels people know
-        label_names = getattr(dataset.features[column], "names", None)
-        if label_names:
-            values[column] = [None if value is None else label_names[value] for value in values[column]]
-    return list(dataset.column_names), values
 
 
 def dataframe_values(frame: Any, wanted: list[str], source: str) -> tuple[list[str], dict[str, list[Any]]]:

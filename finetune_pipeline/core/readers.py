@@ -329,15 +329,19 @@ def load_dataset_split(location: str, role: str) -> Any:
 
 
 def dataset_records(location: str, columns: dict[str, str], settings: FileSettings) -> list[Record]:
-    dataset = load_dataset_split(location, settings.role)
-    names = list(dataset.column_names)
-    wanted = [column for column in columns.values() if column in names]
-    values = dataset.select_columns(wanted).to_dict()
-    for column in wanted:  # a ClassLabel column holds ids: the names are the labels people know
-        names_of = getattr(dataset.features[column], "names", None)
-        if names_of:
-            values[column] = [None if value is None else names_of[value] for value in values[column]]
+    names, values = dataset_values(load_dataset_split(location, settings.role), list(columns.values()))
     return table_records(location, names, values, columns, settings)
+
+
+def dataset_values(dataset: Any, wanted: list[str]) -> tuple[list[str], dict[str, list[Any]]]:
+    """A datasets.Dataset's column names, and the values of those wanted columns that it has."""
+    present = [column for column in wanted if column in dataset.column_names]
+    values = dataset.select_columns(present).to_dict()
+    for column in present:  # a ClassLabel column holds ids: the names are the labels people know
+        label_names = getattr(dataset.features[column], "names", None)
+        if label_names:
+            values[column] = [None if value is None else label_names[value] for value in values[column]]
+    return list(dataset.column_names), values
 
 
 # ---- fingerprints ----------------------------------------------------------------------------------------------
