@@ -27,6 +27,7 @@ with its seed group's numbers repeated on the row, so that it loads as one table
 """
 
 import csv
+import dataclasses
 import io
 import sys
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ from finetune_pipeline.experiments.seed_noise import (
 )
 from finetune_pipeline.experiments.stability import Stability
 from finetune_pipeline.runs.artifacts import METRICS_FILE
-from finetune_pipeline.runs.plots import DEFAULT_METRIC_NAME, RunCurves, plot_overlay, read_run_curves
+from finetune_pipeline.runs.plots import RunCurves, plot_overlay
 from finetune_pipeline.runtime.files import write_atomically
 
 MARKDOWN_FILE = "compare.md"
@@ -139,13 +140,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def run_curves(sample: Sample) -> RunCurves:
-    """The run's curves (a repeat's are the same); none for a run whose files cannot be parsed (its warning
-    already says so)."""
-    try:
-        return read_run_curves(sample.first.run_dir, sample.label)
-    except (OSError, ValueError, KeyError):
-        return RunCurves(sample.label, steps=[], losses=[], learning_rates=[], epochs=[], val_scores=[],
-                         metric=DEFAULT_METRIC_NAME)
+    """The run's curves as read with its record (a repeat's are the same), labelled as the tables label it."""
+    return dataclasses.replace(sample.first.curves, label=sample.label)
 
 
 def reference_text(comparison: Comparison) -> str:

@@ -13,9 +13,8 @@ from finetune_pipeline.core.config import FROZEN_BACKBONE_IGNORES, changed_value
 from finetune_pipeline.experiments.stability import Stability, loss_stability
 from finetune_pipeline.runs import run_lock
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
-from finetune_pipeline.runs.plots import DEFAULT_METRIC_NAME
+from finetune_pipeline.runs.plots import DEFAULT_METRIC_NAME, RunCurves, read_run_curves
 from finetune_pipeline.runtime.files import read_json_object
-from finetune_pipeline.runtime.run_log import read_events
 
 SEED_KEY = "seed"  # reported on its own: a seed change is noise, not a factor
 # Where the data lies and where results go are not factors; the data's content is checked by sha256.
@@ -34,7 +33,7 @@ class RunRecord:
     run_dir: Path
     metrics: dict[str, Any]
     config: dict[str, Any] | None  # flattened to dotted keys; None when config.json could not be read
-    losses: list[float]  # the `loss` of each `event=step` line of train.log
+    curves: RunCurves  # train.log's step and epoch lines, read once: loss stability and compare.png use them
     problems: list[str]
 
 
@@ -52,6 +51,7 @@ class RunRow:
     mean_epoch_time_s: float | None
     peak_rss_mb: float | None
     stability: Stability
+    curves: RunCurves
     seed: int | None
     factors: dict[str, Any] | None  # the config without seed and path keys; None when config.json is unreadable
     differences: dict[str, tuple[Any, Any]] | None  # factor -> (reference value, this run's value)
@@ -63,9 +63,9 @@ class RunRow:
 def load_run_record(run_dir: Path) -> RunRecord:
     metrics, metrics_problem = read_run_file(run_dir / METRICS_FILE, "scores, status and provenance unknown")
     config, config_problem = read_run_file(run_dir / CONFIG_FILE, "its factors cannot be checked")
-    losses, log_problem = read_losses(run_dir / TRAIN_LOG_FILE)
+    curves, log_problem = read_curves(run_dir, (metrics or {}).get("metric") or DEFAULT_METRIC_NAME)
     problems = [problem for problem in (metrics_problem, config_problem, log_problem) if problem]
-    return RunRecord(run_dir, metrics or {}, None if config is None else flatten(config), losses, problems)
+    return RunRecord(run_dir, metrics or {}, None if config is None else flatten(config), curves, problems)
 
 
 def read_run_file(path: Path, consequence: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -78,13 +78,16 @@ def read_run_file(path: Path, consequence: str) -> tuple[dict[str, Any] | None, 
         return None, f"{path.name} cannot be read ({err}): {consequence}"
 
 
-def read_losses(path: Path) -> tuple[list[float], str | None]:
+def read_curves(run_dir: Path, metric: str) -> tuple[RunCurves, str | None]:
+    """(curves, None), or (empty curves, what went wrong): a run that stopped early may lack train.log."""
+    path = run_dir / TRAIN_LOG_FILE
+    empty = RunCurves(run_dir.name, steps=[], losses=[], learning_rates=[], epochs=[], val_scores=[], metric=metric)
+    if not path.is_file():
+        return empty, f"{path.name} is missing: loss stability unknown"
     try:
-        return [float(event["loss"]) for event in read_events(path, "step") if "loss" in event], None
-    except FileNotFoundError:
-        return [], f"{path.name} is missing: loss stability unknown"
-    except (OSError, ValueError) as err:
-        return [], f"{path.name} cannot be read ({err}): loss stability unknown"
+        return read_run_curves(run_dir, run_dir.name, metric), None
+    except (OSError, ValueError, KeyError) as err:
+        return empty, f"{path.name} cannot be read ({err}): loss stability unknown"
 
 
 def is_factor(key: str) -> bool:
@@ -124,7 +127,8 @@ def summarize(record: RunRecord, reference: RunRecord) -> RunRow:
         wall_time_s=metrics.get("wall_time_s"),
         mean_epoch_time_s=statistics.fmean(epoch_times) if epoch_times else None,
         peak_rss_mb=(metrics.get("peak_memory_mb") or {}).get("process_rss"),
-        stability=loss_stability(record.losses),
+        stability=loss_stability(record.curves.losses),
+        curves=record.curves,
         seed=seed,
         factors=factors,
         differences=factor_differences(reference_factors, factors) if comparable else None,

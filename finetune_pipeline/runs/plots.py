@@ -41,11 +41,13 @@ class RunCurves:
     encoder_learning_rates: list[float] = field(default_factory=list)
 
 
-def read_run_curves(run_dir: Path, label: str) -> RunCurves:
-    """A run folder's curves; a missing train.log or metrics.json gives empty lists / the default metric name."""
+def read_run_curves(run_dir: Path, label: str, metric: str | None = None) -> RunCurves:
+    """A run folder's curves from one pass over train.log; a missing train.log gives empty lists. metric: what
+    val_score is, when the caller has read metrics.json already (else it is read here, or the default)."""
     log_path = run_dir / TRAIN_LOG_FILE
-    steps = read_events(log_path, "step") if log_path.exists() else []
-    epochs = read_events(log_path, "epoch") if log_path.exists() else []
+    events = read_events(log_path) if log_path.exists() else []
+    steps = [event for event in events if event["event"] == "step"]
+    epochs = [event for event in events if event["event"] == "epoch"]
     return RunCurves(
         label=label,
         steps=[int(event["step"]) for event in steps],
@@ -53,7 +55,7 @@ def read_run_curves(run_dir: Path, label: str) -> RunCurves:
         learning_rates=[float(event["lr_head"]) for event in steps],
         epochs=[int(event["epoch"]) for event in epochs],
         val_scores=[float(event["val_score"]) for event in epochs],
-        metric=read_metric_name(run_dir),
+        metric=metric or read_metric_name(run_dir),
         encoder_learning_rates=[float(event.get("lr_encoder", 0)) for event in steps],
     )
 

@@ -83,7 +83,7 @@ def read_run_files(run_dir: Path) -> RunFiles:
     if not (run_dir / TRAIN_LOG_FILE).exists():
         problems.append(f"{TRAIN_LOG_FILE}: not written")
     try:
-        curves = read_run_curves(run_dir, label=run_dir.name)
+        curves = read_run_curves(run_dir, label=run_dir.name, metric=metrics.get("metric"))
     except (ValueError, KeyError) as error:  # a line that is not key=value pairs, or a step line without loss
         problems.append(f"{TRAIN_LOG_FILE}: could not be read ({type(error).__name__}: {error})")
         curves = RunCurves(run_dir.name, [], [], [], [], [], metrics.get("metric") or DEFAULT_METRIC_NAME)
