@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from finetune_pipeline.core.batching import PAD_TO_MULTIPLE_OF, TokenizedSplit, evaluation_batches, training_batches
+from finetune_pipeline.core.batching import PAD_TO_MULTIPLE_OF, TokenizedSplit, evaluation_batches, training_steps
+
+
+def training_batches(lengths: list[int], batch_size: int, accumulation: int, seed: int, epoch: int,
+                     group_by_length: bool) -> list[list[int]]:
+    """The epoch's micro-batches in the order the loop sees them: training_steps' steps, one after another."""
+    steps = training_steps(lengths, batch_size, accumulation, seed, epoch, group_by_length)
+    return [micro_batch for step in steps for micro_batch in step]
 
 
 def token_split(input_ids: list[list[int]], labels: list[int], pad_token_id: int = 0) -> TokenizedSplit:

@@ -188,14 +188,6 @@ def training_steps(
     return [[step[start : start + batch_size] for start in range(0, len(step), batch_size)] for step in steps]
 
 
-def training_batches(
-    lengths: list[int], batch_size: int, accumulation: int, seed: int, epoch: int, group_by_length: bool
-) -> list[list[int]]:
-    """The same micro-batches as training_steps, in one list, in the order the training loop sees them."""
-    steps = training_steps(lengths, batch_size, accumulation, seed, epoch, group_by_length)
-    return [micro_batch for step in steps for micro_batch in step]
-
-
 def evaluation_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Batches of similar length (sorted, longest first): little padding, and order does not matter."""
     order = sorted(range(len(lengths)), key=lambda index: -lengths[index])

@@ -530,7 +530,7 @@ def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: dict[str, Any])
     config, training, precision = prepared.config, prepared.config.training, prepared.precision
     log_event("start", run_dir=run_dir, seed=config.seed, config_hash=metrics["config_hash"][:12],
               device=metrics["device"], backbone=config.model.backbone)
-    log_event("data_sources", **describe_sources(config.data, config.seed))
+    log_event("data_sources", **metrics["data_sources"])
     log_event("tokenization", **{f"{name}_{key}": value for name, stats in prepared.tokenization.items()
                                  for key, value in stats.items()})
     if prepared.language_warning:
