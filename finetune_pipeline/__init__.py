@@ -7,7 +7,8 @@ imports point one way only (runtime <- core <- runs <- experiments, serving <- c
     core/         the fine-tuning itself: config -> data -> batching -> model -> training -> evaluation,
                   with the feature cache, the freeze proof and the device around them
     runtime/      the plumbing: atomic files, the log format, torchrun's processes, signals, fault points
-    runs/         one run's life: its folder, resume checkpoints, the lock, memory check, provenance, report
+    runs/         one run's life: its folder and metrics.json's record, resume checkpoints, the lock, memory
+                  check, provenance, report
     experiments/  sweeps, and compare with its seed noise and fairness checks
     serving/      predict and evaluate, and export for transformers and onnxruntime
 

@@ -34,6 +34,7 @@ from finetune_pipeline.in_memory import store_table, stored_origin, table_kind
 from finetune_pipeline.runs import report
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, METRICS_FILE
 from finetune_pipeline.runs.run import SPLIT_NAMES, run_training
+from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime.files import read_json_object
 from finetune_pipeline.runtime.run_log import configure_console_logging
 from finetune_pipeline.serving.export import export_run
@@ -71,8 +72,13 @@ class Run:
     """
 
     dir: Path
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # metrics.json's keys and values, as the guide describes them
     config: Config
+
+    @property
+    def measured(self) -> RunMetrics:
+        """metrics as the typed record the package itself reads."""
+        return RunMetrics.model_validate(self.metrics)
 
     def predict(self, texts: str | Iterable[str], batch_size: int = 32) -> pandas.DataFrame:
         """One row per text, in order: text, label (the most probable class) and prob_<class> for every class,
@@ -115,17 +121,17 @@ class Run:
         return export_run(self.dir, format, checkpoint, None if output is None else Path(output))
 
     def __repr__(self) -> str:
-        metrics = self.metrics
-        scores = (f", best val {metrics['metric']} {metrics['best_val_score']:.4f} (epoch {metrics['best_epoch']}), "
-                  f"test {metrics['test_score']:.4f}" if metrics.get("test_score") is not None else "")
-        return f"Run({str(self.dir)!r}, {metrics.get('status', 'status unknown')}{scores})"
+        metrics = self.measured
+        scores = (f", best val {metrics.metric_name} {metrics.best_val_score:.4f} (epoch {metrics.best_epoch}), "
+                  f"test {metrics.test_score:.4f}" if metrics.test_score is not None else "")
+        return f"Run({str(self.dir)!r}, {metrics.status}{scores})"
 
     def _repr_html_(self) -> str:
         """What a notebook shows: the headline numbers, the precision really used, and curves.png."""
         return "\n".join([
-            f"<p><b>Run {escape(str(self.dir))}</b>: {escape(str(self.metrics.get('status', 'status unknown')))}</p>",
-            report.headline_section(self.metrics),
-            report.precision_section(self.metrics),
+            f"<p><b>Run {escape(str(self.dir))}</b>: {escape(self.measured.status)}</p>",
+            report.headline_section(self.measured),
+            report.precision_section(self.measured),
             png_tag(self.dir / CURVES_FILE, "train loss, val score and learning rate"),
         ])
 
@@ -137,13 +143,14 @@ def load_run(folder: str | PathLike[str]) -> Run:
         raise UserInputError(f"{folder}: not a run folder (it needs {METRICS_FILE} and {CONFIG_FILE}); give one of "
                              "the folders under output.artifacts_root, "
                              "e.g. finetune_pipeline/artifacts/20261124-120000")
-    files = {}
-    for name in (METRICS_FILE, CONFIG_FILE):
-        try:
-            files[name] = read_json_object(folder / name)
-        except (OSError, ValueError) as err:
-            raise UserInputError(f"{folder / name}: cannot be read ({err})") from None
-    return Run(folder, files[METRICS_FILE], config_from_dict(files[CONFIG_FILE], source=str(folder / CONFIG_FILE)))
+    path = folder / METRICS_FILE
+    try:
+        metrics = RunMetrics.read(path)
+        path = folder / CONFIG_FILE
+        plain_config = read_json_object(path)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"{path}: cannot be read ({err})") from None
+    return Run(folder, metrics.as_json(), config_from_dict(plain_config, source=str(path)))
 
 
 # ---- train ---------------------------------------------------------------------------------------------------

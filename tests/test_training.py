@@ -138,7 +138,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(make_config, f
     for name, tensor in loaded.model.head.state_dict().items():
         assert torch.equal(tensor, head[name])
     assert loaded.model.training is False
-    assert loaded.metrics["best_epoch"] == best["epoch"]
+    assert loaded.metrics.best_epoch == best["epoch"]
 
 
 def test_a_frozen_checkpoint_refuses_a_backbone_with_other_weights(make_config, tmp_path):

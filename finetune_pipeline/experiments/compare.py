@@ -20,7 +20,7 @@ with its seed group's numbers repeated on the row, so that it loads as one table
 (the runs' curves overlaid).
 
     run_selection.py  which runs: folders, sweeps, globs, --last N, --ref
-    run_records.py    one run: its files, its row, its factors and provenance
+    run_rows.py       one run: its row, its factors and provenance (its files: runs/run_record.py)
     seed_noise.py     repeats, seed groups, Welch's test, the verdicts
     fairness.py       the warnings and the notes (with the commands that measure what is missing)
     compare.py        this entry point, compare_runs, and what it writes and prints
@@ -41,13 +41,12 @@ from rich.text import Text
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, describe_resolution, in_examples
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.experiments.fairness import find_notes, find_warnings
-from finetune_pipeline.experiments.run_records import (
+from finetune_pipeline.experiments.run_rows import (
     MISSING,
     RunRow,
     describe_changes,
     format_number,
     format_seeds,
-    load_run_record,
     summarize,
 )
 from finetune_pipeline.experiments.seed_noise import (
@@ -65,6 +64,7 @@ from finetune_pipeline.experiments.seed_noise import (
 from finetune_pipeline.experiments.stability import Stability
 from finetune_pipeline.runs.artifacts import METRICS_FILE
 from finetune_pipeline.runs.plots import RunCurves, plot_overlay
+from finetune_pipeline.runs.run_record import read_run_record
 from finetune_pipeline.runtime.files import write_atomically
 
 MARKDOWN_FILE = "compare.md"
@@ -112,7 +112,7 @@ def compare_runs(run_dirs: list[Path], output_dir: Path, reference_given: bool =
     compare.csv and compare.png."""
     if not run_dirs:
         raise UserInputError("nothing to compare: no run folders given")
-    records = [load_run_record(Path(run_dir)) for run_dir in run_dirs]
+    records = [read_run_record(Path(run_dir)) for run_dir in run_dirs]
     rows = [summarize(record, records[0]) for record in records]
     samples = collapse_repeats(rows)
     groups = seed_groups(samples)

@@ -10,13 +10,13 @@ from typing import Any, Callable
 
 from finetune_pipeline.core.config import changed_values
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, in_examples
-from finetune_pipeline.experiments.run_records import (
-    RunRecord,
+from finetune_pipeline.experiments.run_rows import (
     RunRow,
     backbone_identity,
     code_identity,
     data_identity,
     describe_changes,
+    describe_problems,
     format_number,
     format_seeds,
     hardware_identity,
@@ -31,6 +31,7 @@ from finetune_pipeline.experiments.seed_noise import (
     run_labels,
 )
 from finetune_pipeline.runs.artifacts import METRICS_FILE
+from finetune_pipeline.runs.run_record import RunRecord
 
 COMPLETED = "completed"
 SEEDS_WANTED = 3  # the seeds the advice asks for per config: the fewest that give a spread and a t-test
@@ -48,7 +49,7 @@ def find_warnings(records: list[RunRecord], rows: list[RunRow], samples: list[Sa
 
     return [
         *(f"run {row.label}: {problem}"
-          for record, row in zip(records, rows, strict=True) for problem in record.problems),
+          for record, row in zip(records, rows, strict=True) for problem in describe_problems(record)),
         *(f"run {sample.label} is {sample.first.status}, not {COMPLETED}: its scores are partial or missing"
           for sample in samples if sample.first.status != COMPLETED),
         *factor_warnings(groups),
@@ -113,7 +114,7 @@ def find_notes(records: list[RunRecord], rows: list[RunRow], samples: list[Sampl
               if group.vs_reference in (BELOW_RESOLUTION, WITHIN_NOISE, BEYOND_NOISE)]
     notes += seed_advice(groups)
     dirty = [row.label for record, row in zip(records, rows, strict=True)
-             if (record.metrics.get("code_version") or {}).get("git_dirty")]
+             if (record.measured.code_version or {}).get("git_dirty")]
     if dirty:
         notes.append(f"run(s) {', '.join(dirty)} ran code with uncommitted changes: runs from the same commit may "
                      "still have run different code")

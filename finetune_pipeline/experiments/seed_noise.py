@@ -15,7 +15,7 @@ from typing import Any
 from scipy import stats
 
 from finetune_pipeline.core.resolution import below_resolution
-from finetune_pipeline.experiments.run_records import RunRow, describe_changes
+from finetune_pipeline.experiments.run_rows import RunRow, describe_changes
 
 REFERENCE = "reference"
 WITHIN_NOISE = "within seed noise"

@@ -4,7 +4,6 @@ Every file is written atomically through runtime/files.py: a crash or Ctrl-C lea
 the new one, never half of one.
 """
 
-import json
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +16,7 @@ from finetune_pipeline.core.config import Config, config_from_dict
 from finetune_pipeline.core.freeze_proof import fingerprint_of, tensor_hashes
 from finetune_pipeline.core.model import TextClassifier, build_model
 from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime.files import load_checkpoint
 
 # File names are fixed: the students' guide tells people to open them.
@@ -126,7 +126,7 @@ class LoadedRun:
     tokenizer: PreTrainedTokenizerBase
     label_names: list[str]
     config: Config
-    metrics: dict[str, Any]
+    metrics: RunMetrics  # empty (every field unknown) for a model that comes without its run folder
 
 
 def load_run(run_dir: str | Path, checkpoint: str = BEST_MODEL_FILE) -> LoadedRun:
@@ -137,5 +137,5 @@ def load_run(run_dir: str | Path, checkpoint: str = BEST_MODEL_FILE) -> LoadedRu
     model, tokenizer = build_model(config.model, num_labels=len(payload["label_names"]))
     restore_weights(model, payload, run_dir / checkpoint)
     metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    metrics = RunMetrics.read(metrics_path) if metrics_path.exists() else RunMetrics()
     return LoadedRun(model.eval(), tokenizer, payload["label_names"], config, metrics)

@@ -15,10 +15,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from finetune_pipeline.runs.artifacts import METRICS_FILE, TRAIN_LOG_FILE
-from finetune_pipeline.runtime.files import read_json_object, write_atomically
+from finetune_pipeline.runs.run_metrics import DEFAULT_METRIC_NAME, RunMetrics
+from finetune_pipeline.runtime.files import write_atomically
 from finetune_pipeline.runtime.run_log import read_events
 
-DEFAULT_METRIC_NAME = "score"
 NO_DATA_TEXT = "no data yet"
 TEN_COLORS = [f"C{index}" for index in range(10)]  # matplotlib's default cycle
 MAX_LEGEND_COLUMNS = 3
@@ -62,7 +62,7 @@ def read_run_curves(run_dir: Path, label: str, metric: str | None = None) -> Run
 
 def read_metric_name(run_dir: Path) -> str:
     try:
-        return read_json_object(run_dir / METRICS_FILE).get("metric") or DEFAULT_METRIC_NAME
+        return RunMetrics.read(run_dir / METRICS_FILE).metric_name
     except FileNotFoundError:
         return DEFAULT_METRIC_NAME
 

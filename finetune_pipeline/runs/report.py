@@ -8,23 +8,17 @@ files and fields and says what is missing instead of failing.
 
 import base64
 import json
-from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
 from finetune_pipeline.core.config import Config, flatten
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, example_worth
-from finetune_pipeline.runs.artifacts import (
-    CONFIG_FILE,
-    CURVES_FILE,
-    FREEZE_PROOF_FILE,
-    METRICS_FILE,
-    REPORT_FILE,
-    TRAIN_LOG_FILE,
-)
-from finetune_pipeline.runs.plots import DEFAULT_METRIC_NAME, RunCurves, plot_run_curves, read_run_curves
-from finetune_pipeline.runtime.files import read_json_object, write_atomically
+from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, FREEZE_PROOF_FILE, METRICS_FILE, REPORT_FILE
+from finetune_pipeline.runs.plots import plot_run_curves
+from finetune_pipeline.runs.run_metrics import RunMetrics
+from finetune_pipeline.runs.run_record import FileProblem, RunRecord, read_run_record
+from finetune_pipeline.runtime.files import write_atomically
 
 STYLE = """
 body { font-family: sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -52,21 +46,9 @@ STATUS_EXPLANATIONS = {
 }
 
 
-@dataclass
-class RunFiles:
-    """What a run folder holds; a file that is missing or unreadable is None, and `problems` says why."""
-
-    run_dir: Path
-    metrics: dict[str, Any]  # {} without a readable metrics.json, so that .get() works everywhere
-    config: dict[str, Any] | None
-    freeze_proof: dict[str, Any] | None
-    curves: RunCurves
-    problems: list[str]
-
-
 def write_run_report(run_dir: Path) -> list[Path]:
     """Write curves.png and report.html into the run folder and return their paths."""
-    run = read_run_files(run_dir)
+    run = read_run_record(run_dir)
     curves_path = run_dir / CURVES_FILE
     plot_run_curves(run.curves, curves_path)
     report_path = run_dir / REPORT_FILE
@@ -75,44 +57,23 @@ def write_run_report(run_dir: Path) -> list[Path]:
     return [curves_path, report_path]
 
 
-def read_run_files(run_dir: Path) -> RunFiles:
-    problems: list[str] = []
-    metrics = read_json(run_dir / METRICS_FILE, problems) or {}
-    config = read_json(run_dir / CONFIG_FILE, problems)
-    freeze_proof = read_json(run_dir / FREEZE_PROOF_FILE, problems)
-    if not (run_dir / TRAIN_LOG_FILE).exists():
-        problems.append(f"{TRAIN_LOG_FILE}: not written")
-    try:
-        curves = read_run_curves(run_dir, label=run_dir.name, metric=metrics.get("metric"))
-    except (ValueError, KeyError) as error:  # a line that is not key=value pairs, or a step line without loss
-        problems.append(f"{TRAIN_LOG_FILE}: could not be read ({type(error).__name__}: {error})")
-        curves = RunCurves(run_dir.name, [], [], [], [], [], metrics.get("metric") or DEFAULT_METRIC_NAME)
-    return RunFiles(run_dir, metrics, config, freeze_proof, curves, problems)
-
-
-def read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    """The file's JSON object, or None with the reason added to problems."""
-    try:
-        return read_json_object(path)
-    except FileNotFoundError:
-        problems.append(f"{path.name}: not written")
-    except (OSError, ValueError) as error:
-        problems.append(f"{path.name}: could not be read ({error})")
-    return None
+def describe_problem(problem: FileProblem) -> str:
+    return f"{problem.file}: " + ("not written" if problem.missing else f"could not be read ({problem.error})")
 
 
 # ---- the page ------------------------------------------------------------------------------------
 
 
-def render_page(run: RunFiles, curves_png: bytes) -> str:
+def render_page(run: RunRecord, curves_png: bytes) -> str:
+    metrics = run.measured
     sections: list[tuple[str, Callable[[], str]]] = [
         ("Headline", lambda: headline_section(run.metrics)),
-        ("Mixed precision", lambda: precision_section(run.metrics)),
+        ("Mixed precision", lambda: precision_section(metrics)),
         ("Curves", lambda: curves_section(curves_png)),
-        ("Per class", lambda: per_class_section(run.metrics)),
-        ("Confusion matrix", lambda: confusion_section(run.metrics)),
+        ("Per class", lambda: per_class_section(metrics)),
+        ("Confusion matrix", lambda: confusion_section(metrics)),
         ("Freeze proof", lambda: freeze_proof_section(run.freeze_proof)),
-        ("Split sizes and resolution", lambda: split_sizes_section(run.metrics)),
+        ("Split sizes and resolution", lambda: split_sizes_section(metrics)),
         ("Config", lambda: config_section(run.config)),
     ]
     body = [status_section(run), *(section(title, build) for title, build in sections)]
@@ -133,36 +94,36 @@ def section(title: str, build: Callable[[], str]) -> str:
     return f"<h2>{escape(title)}</h2>\n{content}"
 
 
-def status_section(run: RunFiles) -> str:
-    status = str(run.metrics.get("status", "unknown"))
+def status_section(run: RunRecord) -> str:
+    status = run.measured.status
     parts = [
         f'<p>Status: <span class="status {escape(status)}">{escape(status)}</span> '
         f"{escape(STATUS_EXPLANATIONS.get(status, 'no metrics.json status was recorded'))}</p>"
     ]
-    if run.metrics.get("error"):
-        parts.append(f"<pre>{escape(str(run.metrics['error']))}</pre>")
+    if run.measured.error:
+        parts.append(f"<pre>{escape(run.measured.error)}</pre>")
     if run.problems:
-        items = "".join(f"<li>{escape(problem)}</li>" for problem in run.problems)
+        items = "".join(f"<li>{escape(describe_problem(problem))}</li>" for problem in run.problems)
         parts.append(missing("Missing or unreadable in this run folder:") + f'\n<ul class="missing">{items}</ul>')
     return "\n".join(parts)
 
 
-def headline_section(metrics: dict[str, Any]) -> str:
-    if not metrics:
+def headline_section(metrics: RunMetrics | None) -> str:
+    if metrics is None:
         return missing(f"no {METRICS_FILE}: nothing was measured")
     return key_value_table([
-        ("metric", metrics.get("metric")),
-        ("best_val_score", metrics.get("best_val_score")),
-        ("best_epoch", metrics.get("best_epoch")),
-        ("test_score", metrics.get("test_score")),
-        ("wall time", format_seconds(metrics.get("wall_time_s"))),
-        ("peak memory", format_memory(metrics.get("peak_memory_mb"))),
-        ("device", metrics.get("device")),
+        ("metric", metrics.metric),
+        ("best_val_score", metrics.best_val_score),
+        ("best_epoch", metrics.best_epoch),
+        ("test_score", metrics.test_score),
+        ("wall time", format_seconds(metrics.wall_time_s)),
+        ("peak memory", format_memory(metrics.peak_memory_mb)),
+        ("device", metrics.device),
     ])
 
 
-def precision_section(metrics: dict[str, Any]) -> str:
-    precision = metrics.get("mixed_precision")
+def precision_section(metrics: RunMetrics) -> str:
+    precision = metrics.mixed_precision
     if not precision:
         return missing(f"{METRICS_FILE} has no mixed_precision")
     return key_value_table([
@@ -178,16 +139,16 @@ def curves_section(curves_png: bytes) -> str:
             f"<p>The same image is saved as {CURVES_FILE} next to this file.</p>")
 
 
-def evaluation_source(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+def evaluation_source(metrics: RunMetrics) -> tuple[str, dict[str, Any]] | None:
     """The metrics to detail: the test split's, else the best epoch's val metrics, else None."""
-    if metrics.get("test_metrics"):
-        return "test split (best checkpoint)", metrics["test_metrics"]
-    if metrics.get("val_metrics"):
-        return "val split, best epoch (the run has no test metrics)", metrics["val_metrics"]
+    if metrics.test_metrics:
+        return "test split (best checkpoint)", metrics.test_metrics
+    if metrics.val_metrics:
+        return "val split, best epoch (the run has no test metrics)", metrics.val_metrics
     return None
 
 
-def per_class_section(metrics: dict[str, Any]) -> str:
+def per_class_section(metrics: RunMetrics) -> str:
     source = evaluation_source(metrics)
     if source is None or not source[1].get("per_class"):
         return missing(f"{METRICS_FILE} has neither test_metrics nor val_metrics: no epoch was evaluated")
@@ -199,13 +160,13 @@ def per_class_section(metrics: dict[str, Any]) -> str:
     return f"<p>From the {escape(split)}.</p>\n" + table(["label", "precision", "recall", "f1", "support"], rows)
 
 
-def confusion_section(metrics: dict[str, Any]) -> str:
+def confusion_section(metrics: RunMetrics) -> str:
     source = evaluation_source(metrics)
     if source is None or not source[1].get("confusion_matrix"):
         return missing(f"{METRICS_FILE} has no confusion matrix yet")
     split, evaluated = source
     matrix = evaluated["confusion_matrix"]
-    names = metrics.get("label_names") or [str(index) for index in range(len(matrix))]
+    names = metrics.label_names or [str(index) for index in range(len(matrix))]
     rows = [
         [cell(true_name, tag="th"),
          *(cell(count, "number " + ("hit" if row == column else "miss" if count else ""))
@@ -251,13 +212,13 @@ def head_verdict(proof: dict[str, Any]) -> str:
     return "changed, as training should" if changed else "UNCHANGED: the head did not learn (learning rate?)"
 
 
-def split_sizes_section(metrics: dict[str, Any]) -> str:
+def split_sizes_section(metrics: RunMetrics) -> str:
     """Each split's size and its resolution: what one example is worth in the metric."""
-    sizes = metrics.get("split_sizes")
+    sizes = metrics.split_sizes
     if not sizes:
         return missing(f"{METRICS_FILE} has no split_sizes")
-    metric = str(metrics.get("metric") or DEFAULT_METRIC_NAME)
-    sources = metrics.get("data_sources") or {}
+    metric = metrics.metric_name
+    sources = metrics.data_sources or {}
     rows = [[cell(split), cell(size, "number"),
              cell(example_worth(size, metric) if isinstance(size, int) and size > 0 else "—"),
              cell(sources.get(split))]

@@ -23,6 +23,7 @@ from finetune_pipeline.core.training import TrainingState
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts, run_lock
 from finetune_pipeline.runs.provenance import code_version, data_fingerprints
+from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime import files
 
 RESUME_FORMAT_VERSION = 2  # 2: {"weights", "training_state"}, the state as TrainingState.state_dict() writes it
@@ -57,7 +58,7 @@ def newest_unfinished_run(artifacts_root: Path) -> Path:
     raise UserInputError(f"--resume: no unfinished run in {artifacts_root}; name the run folder to resume")
 
 
-def check_resumable(run_dir: Path, force: bool) -> tuple[Config, dict[str, Any], dict[str, Any] | None]:
+def check_resumable(run_dir: Path, force: bool) -> tuple[Config, RunMetrics, dict[str, Any] | None]:
     """(config, metrics so far, resume checkpoint or None if there is none yet) of a run that may be resumed;
     refuses one that may not."""
     where = f"--resume {run_dir}"
@@ -72,18 +73,18 @@ def check_resumable(run_dir: Path, force: bool) -> tuple[Config, dict[str, Any],
         raise UserInputError(f"{where}: this run is still running ({run_lock.describe_lock(run_dir)}); "
                              "stop it first (Ctrl-C), then resume it")
     try:
-        metrics = files.read_json_object(run_dir / artifacts.METRICS_FILE)
+        metrics = RunMetrics.read(run_dir / artifacts.METRICS_FILE)
         plain_config = files.read_json_object(run_dir / artifacts.CONFIG_FILE)
     except (OSError, ValueError) as err:
         raise UserInputError(f"{where}: cannot read the run's files ({err})") from None
     config = config_from_dict(plain_config, source=str(run_dir / artifacts.CONFIG_FILE))
-    if config.fingerprint() != metrics.get("config_hash"):
+    if config.fingerprint() != metrics.config_hash:
         raise UserInputError(f"{where}: {artifacts.CONFIG_FILE} was changed after the run started (its hash no "
                              f"longer matches metrics.json); a changed config is a new run: {rerun}")
-    if data_fingerprints(config.data) != metrics.get("data_files"):
+    if data_fingerprints(config.data) != metrics.data_files:
         raise UserInputError(f"{where}: the data files changed since the run started (sha256 differs from "
                              f"metrics.json data_files); resuming would mix two datasets: start a new run, {rerun}")
-    recorded, current = metrics.get("code_version") or {}, code_version()
+    recorded, current = metrics.code_version or {}, code_version()
     if recorded.get("source_sha256") != current["source_sha256"] and not force:
         raise UserInputError(f"{where}: the code changed since the run started (source sha256 "
                              f"{str(recorded.get('source_sha256'))[:12]} then, {current['source_sha256'][:12]} now), "

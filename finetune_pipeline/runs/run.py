@@ -66,6 +66,7 @@ from finetune_pipeline.runs.resume import (
     resumed_step,
     save_resume_checkpoint,
 )
+from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runs.tensorboard_log import TensorBoardHandler, open_tensorboard
 from finetune_pipeline.runtime import distributed, files
 from finetune_pipeline.runtime.interruption import stop_signals_handled
@@ -219,7 +220,7 @@ def run_training(config: Config, origin: dict[str, Any] | None = None) -> Path:
     reset_peak_process_memory()
     with distributed.process_group(resolve_device(config.training.device).type):
         prepared = prepare_run(config)
-        run = RunFolder.create(prepared, initial_metrics(prepared) | (origin or {}), started)
+        run = RunFolder.create(prepared, initial_metrics(prepared, origin or {}), started)
         return execute(prepared, run)
 
 
@@ -229,13 +230,13 @@ def resume_training(run_dir: Path, force: bool = False) -> Path:
     from_step = resumed_step(checkpoint)  # no checkpoint yet: the run starts over
     log_event("resuming", run_dir=run_dir, status=run_lock.run_status(run_dir, metrics), from_step=from_step)
     files.remove_stale_temporaries(run_dir)
-    started = time.perf_counter() - metrics.get("wall_time_s", 0.0)  # wall_time_s counts every session's time
+    started = time.perf_counter() - (metrics.wall_time_s or 0.0)  # wall_time_s counts every session's time
     reset_peak_process_memory()
     with distributed.process_group(resolve_device(config.training.device).type):
         prepared = prepare_run(config)
-        metrics["resumed_from_steps"] = [*metrics.get("resumed_from_steps", []), from_step]
-        if checkpoint is None:
-            metrics |= initial_metrics(prepared)
+        metrics.resumed_from_steps = [*metrics.resumed_from_steps, from_step]
+        if checkpoint is None:  # starting over: the setup as measured now, the origin and the sessions kept
+            metrics = initial_metrics(prepared, metrics.as_json())
         return execute(prepared, RunFolder(run_dir, prepared, metrics, started), checkpoint)
 
 
@@ -262,7 +263,7 @@ def execute(prepared: PreparedRun, run: "RunFolder", checkpoint: dict[str, Any] 
     return run.path
 
 
-def check_memory(prepared: PreparedRun, metrics: dict[str, Any]) -> None:
+def check_memory(prepared: PreparedRun, metrics: RunMetrics) -> None:
     """Stop before training when the heaviest step is predicted not to fit (the preflight goes into metrics).
 
     With the feature cache the heaviest step is extraction, whose first batch is its longest: it fails fast by
@@ -272,8 +273,8 @@ def check_memory(prepared: PreparedRun, metrics: dict[str, Any]) -> None:
         return
     preflight = run_preflight(prepared.model, prepared.tokenized["train"], prepared.config, prepared.device,
                               prepared.precision, uses_feature_cache=False)
-    metrics["preflight"] = preflight.as_dict()
-    log_event("preflight", **metrics["preflight"])
+    metrics.preflight = preflight.as_dict()
+    log_event("preflight", **metrics.preflight)
     check_fits(preflight, prepared.config)
 
 
@@ -282,7 +283,7 @@ class RunFolder:
     proof and the report. Under torchrun every process holds one and makes the same calls: the methods marked
     @distributed.main_process_only do their work in rank 0 alone, and the other processes' log is silent."""
 
-    def __init__(self, path: Path, prepared: PreparedRun, metrics: dict[str, Any], started: float) -> None:
+    def __init__(self, path: Path, prepared: PreparedRun, metrics: RunMetrics, started: float) -> None:
         self.path = path
         self.prepared = prepared
         self.metrics = metrics  # metrics.json as it will next be written
@@ -290,7 +291,7 @@ class RunFolder:
         self.tensorboard: TensorBoardHandler | None = None
 
     @classmethod
-    def create(cls, prepared: PreparedRun, metrics: dict[str, Any], started: float) -> "RunFolder":
+    def create(cls, prepared: PreparedRun, metrics: RunMetrics, started: float) -> "RunFolder":
         """A new folder under output.artifacts_root, with config.json: rank 0 makes it, the others learn where."""
         path = distributed.broadcast_from_main(new_run_dir(prepared.config, prepared.model))
         return cls(Path(path), prepared, metrics, started)
@@ -327,8 +328,8 @@ class RunFolder:
         if is_out_of_memory(error):
             error = out_of_memory(self.prepared.config, "during training", str(error).splitlines()[0])
         interrupted = isinstance(error, KeyboardInterrupt)
-        self.metrics["status"] = "interrupted" if interrupted else "failed"
-        self.metrics["optimizer_steps"] = state.step  # the epochs' figures are in since each epoch's end
+        self.metrics.record(status="interrupted" if interrupted else "failed",
+                            optimizer_steps=state.step)  # the epochs' figures are in since each epoch's end
         if interrupted:
             if state.step > 0:  # signals wait for a step to complete: these are its weights
                 self.save_model(artifacts.FINAL_MODEL_FILE, len(state.history) + 1, state.step)
@@ -336,8 +337,8 @@ class RunFolder:
                       message=f"stopped; files written so far are complete. Continue with: finetune train --resume "
                               f"{self.path}")
         else:
-            self.metrics["error"] = f"{type(error).__name__}: {error}"
-            log_event("failed", level=logging.ERROR, error=self.metrics["error"])
+            self.metrics.error = f"{type(error).__name__}: {error}"
+            log_event("failed", level=logging.ERROR, error=self.metrics.error)
         if isinstance(error, (UserInputError, KeyboardInterrupt)):
             error.run_dir = self.path  # the CLI names it: what the run wrote, and what --resume continues
         return error
@@ -354,19 +355,18 @@ class RunFolder:
     @distributed.main_process_only
     def start(self, resuming: bool) -> None:
         run_lock.acquire(self.path)
-        self.metrics["status"] = "running"
+        self.metrics.status = "running"
         if not resuming:
             log_run_start(self.prepared, self.path, self.metrics)
-        if "resumed_from_steps" in self.metrics:
-            log_event("resume", step=self.metrics["resumed_from_steps"][-1], checkpoint=self.path / artifacts.RESUME_FILE
+        if self.metrics.resumed_from_steps:
+            log_event("resume", step=self.metrics.resumed_from_steps[-1], checkpoint=self.path / artifacts.RESUME_FILE
                       if resuming else "none yet: starting over")
-        files.write_json(self.path / artifacts.METRICS_FILE, self.metrics)
+        self.metrics.write(self.path / artifacts.METRICS_FILE)
 
     @distributed.main_process_only
     def record_epoch(self, state: TrainingState) -> None:
-        self.metrics.update(progress_metrics(state))
-        self.metrics["wall_time_s"] = time.perf_counter() - self.started
-        files.write_json(self.path / artifacts.METRICS_FILE, self.metrics)
+        self.metrics.record(**progress_metrics(state), wall_time_s=time.perf_counter() - self.started)
+        self.metrics.write(self.path / artifacts.METRICS_FILE)
 
     @distributed.main_process_only
     def save_model(self, file_name: str, epoch: int, step: int) -> None:
@@ -392,13 +392,13 @@ class RunFolder:
     @distributed.main_process_only
     def completed(self, test_metrics: dict[str, Any], proof: dict[str, Any]) -> None:
         files.save_torch(self.path / artifacts.HEAD_FILE, self.prepared.model.head.state_dict())  # the best head
-        self.metrics.update(
+        self.metrics.record(
             status="completed",
             test_score=test_metrics[self.prepared.config.training.metric],
             test_metrics=test_metrics,
             freeze_proof={key: proof[key] for key in ("backbone_changed", "consistent_with_config", "head_changed")},
         )
-        log_event("test", best_epoch=self.metrics["best_epoch"], test_score=self.metrics["test_score"],
+        log_event("test", best_epoch=self.metrics.best_epoch, test_score=self.metrics.test_score,
                   test_accuracy=test_metrics["accuracy"], test_macro_f1=test_metrics["macro_f1"])
         (self.path / artifacts.RESUME_FILE).unlink(missing_ok=True)  # a completed run cannot be resumed
 
@@ -407,19 +407,19 @@ class RunFolder:
         """metrics.json as the run ends, the lock released, then curves.png, report.html and TensorBoard's
         hparams, and for a completed run the `done` line. Also after a failure: a problem with the report is
         logged, never raised, so that it cannot hide the run's own error."""
-        self.metrics["wall_time_s"] = time.perf_counter() - self.started
-        self.metrics["peak_memory_mb"] = peak_memory_mb(self.prepared.device)
-        files.write_json(self.path / artifacts.METRICS_FILE, self.metrics)
+        self.metrics.record(wall_time_s=time.perf_counter() - self.started,
+                            peak_memory_mb=peak_memory_mb(self.prepared.device))
+        self.metrics.write(self.path / artifacts.METRICS_FILE)
         run_lock.release(self.path)
         try:
             if self.tensorboard is not None:
-                self.tensorboard.write_hparams(self.prepared.config.to_plain(), self.metrics)
+                self.tensorboard.write_hparams(self.prepared.config.to_plain(), self.metrics.as_json())
             write_run_report(self.path)
         except OSError as error:
             log_event("warning", level=logging.WARNING, message=f"report not written: {error}")
-        if self.metrics["status"] == "completed":
-            log_event("done", run_dir=self.path, wall_time_s=self.metrics["wall_time_s"],
-                      **{f"peak_{kind}_mb": value for kind, value in self.metrics["peak_memory_mb"].items()})
+        if self.metrics.status == "completed":
+            log_event("done", run_dir=self.path, wall_time_s=self.metrics.wall_time_s,
+                      **{f"peak_{kind}_mb": value for kind, value in (self.metrics.peak_memory_mb or {}).items()})
 
     def model_payload(self, epoch: int, step: int) -> dict[str, Any]:
         prepared = self.prepared
@@ -437,13 +437,13 @@ def new_run_dir(config: Config, model: TextClassifier) -> Path:
     return run_dir
 
 
-def training_inputs(prepared: PreparedRun, metrics: dict[str, Any]) -> list[TokenizedSplit] | list[FeatureSplit]:
+def training_inputs(prepared: PreparedRun, metrics: RunMetrics) -> list[TokenizedSplit] | list[FeatureSplit]:
     """train, val and test as the training loop takes them: cached features with a frozen backbone (the cache's
     status per split goes into metrics), token ids otherwise."""
     if not prepared.uses_feature_cache:
         return [prepared.tokenized[name] for name in SPLIT_NAMES]
     inputs = cached_feature_splits(prepared)
-    metrics["feature_cache"] = {name: status for name, (_, status) in inputs.items()}
+    metrics.feature_cache = {name: status for name, (_, status) in inputs.items()}
     return [inputs[name][0] for name in SPLIT_NAMES]
 
 
@@ -469,10 +469,11 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
-    """metrics.json as it stands before the first step; filled in as the run goes."""
+def initial_metrics(prepared: PreparedRun, kept: dict[str, Any]) -> RunMetrics:
+    """metrics.json as it stands before the first step, over the fields in kept (where the config came from;
+    when a resumed run starts over, what its earlier sessions recorded); filled in as the run goes."""
     config, splits, precision = prepared.config, prepared.splits, prepared.precision
-    return {
+    return RunMetrics.model_validate(kept | {
         "status": "running",  # becomes completed | failed | interrupted
         "metric": config.training.metric,
         "best_val_score": None,
@@ -506,7 +507,7 @@ def initial_metrics(prepared: PreparedRun) -> dict[str, Any]:
         "wall_time_s": 0.0,
         "epoch_times_s": [],
         "peak_memory_mb": None,
-    }
+    })
 
 
 def progress_metrics(state: TrainingState) -> dict[str, Any]:
@@ -526,25 +527,25 @@ def progress_metrics(state: TrainingState) -> dict[str, Any]:
     }
 
 
-def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: dict[str, Any]) -> None:
+def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: RunMetrics) -> None:
     config, training, precision = prepared.config, prepared.config.training, prepared.precision
-    log_event("start", run_dir=run_dir, seed=config.seed, config_hash=metrics["config_hash"][:12],
-              device=metrics["device"], backbone=config.model.backbone)
-    log_event("data_sources", **metrics["data_sources"])
+    log_event("start", run_dir=run_dir, seed=config.seed, config_hash=prepared.config.fingerprint()[:12],
+              device=metrics.device, backbone=config.model.backbone)
+    log_event("data_sources", **(metrics.data_sources or {}))
     log_event("tokenization", **{f"{name}_{key}": value for name, stats in prepared.tokenization.items()
                                  for key, value in stats.items()})
     if prepared.language_warning:
         log_event("language_warning", level=logging.WARNING, message=prepared.language_warning)
     log_event("data", **{f"{name}_size": size for name, size in prepared.splits.sizes().items()},
               labels=",".join(prepared.splits.label_names), max_length=config.data.max_length,
-              **{f"{name}_truncated": stats["truncated"] for name, stats in metrics["token_lengths"].items()})
-    parameters = metrics["parameters"]
+              **{f"{name}_truncated": stats["truncated"] for name, stats in metrics.token_lengths.items()})
+    parameters = metrics.parameters or {}
     log_event("setup", freeze_backbone=training.freeze_backbone, feature_cache=prepared.uses_feature_cache,
               backbone_loaded=prepared.model.backbone is not None,
               trainable_parameters=parameters["trainable"], total_parameters=parameters["total"],
               batch_size=training.batch_size, gradient_accumulation_steps=training.gradient_accumulation_steps,
-              effective_batch_size=metrics["effective_batch_size"],
-              steps_per_epoch=metrics["optimizer_steps_per_epoch"], epochs=training.epochs)
+              effective_batch_size=metrics.effective_batch_size,
+              steps_per_epoch=metrics.optimizer_steps_per_epoch, epochs=training.epochs)
     if precision.reason:
         log_event("precision_fallback", level=logging.WARNING, requested=precision.requested, used=precision.used,
                   reason=precision.reason)

@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 
 from finetune_pipeline.runs import artifacts
+from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime import files
 
 
@@ -46,15 +47,15 @@ def writer_alive(lock: dict[str, Any]) -> bool | None:
         return False
 
 
-def run_status(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
+def run_status(run_dir: Path, metrics: RunMetrics | None = None) -> str:
     """metrics.json's status (read unless given), with "running" turned into "crashed" when the writing
     process is gone."""
     if metrics is None:
         try:
-            metrics = files.read_json_object(run_dir / artifacts.METRICS_FILE)
+            metrics = RunMetrics.read(run_dir / artifacts.METRICS_FILE)
         except (OSError, ValueError):
             return "unknown"
-    status = metrics.get("status", "unknown")
+    status = metrics.status
     if status != "running":
         return status
     lock = read_lock(run_dir)

@@ -22,6 +22,7 @@ from finetune_pipeline.core.config import config_from_dict
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.artifacts import LoadedRun
+from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime.files import read_json_object
 from finetune_pipeline.serving.model_card import model_card
 from finetune_pipeline.serving.modeling_pooled_classifier import (
@@ -108,4 +109,4 @@ def load_hf_export(folder: Path) -> tuple[LoadedRun, str]:
     model.load_state_dict(renamed(load_file(folder / WEIGHTS_FILE), EXPORT_PREFIX, PACKAGE_PREFIX))
     # config= : AutoTokenizer would otherwise read config.json, whose auto_map asks to trust remote code
     tokenizer = AutoTokenizer.from_pretrained(folder, config=backbone_config)
-    return LoadedRun(model.eval(), tokenizer, label_names, run_config, metrics={}), record["checkpoint"]
+    return LoadedRun(model.eval(), tokenizer, label_names, run_config, metrics=RunMetrics()), record["checkpoint"]

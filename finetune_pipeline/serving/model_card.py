@@ -16,6 +16,7 @@ from huggingface_hub import ModelCardData, metadata_load, try_to_load_from_cache
 
 from finetune_pipeline.core.model import resolve_backbone
 from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, LoadedRun
+from finetune_pipeline.runs.run_metrics import RunMetrics
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # "owner/name" or "name"
 
@@ -77,8 +78,8 @@ def backbone_language(backbone: str) -> str | list[str] | None:
     return (metadata_load(readme) or {}).get("language")
 
 
-def checkpoint_epoch(metrics: dict[str, Any], checkpoint: str) -> int:
-    return metrics["best_epoch"] if checkpoint == BEST_MODEL_FILE else metrics["history"][-1]["epoch"]
+def checkpoint_epoch(metrics: RunMetrics, checkpoint: str) -> int | None:
+    return metrics.best_epoch if checkpoint == BEST_MODEL_FILE else metrics.history[-1]["epoch"]
 
 
 def pooling_words(pooling: str) -> str:
@@ -89,19 +90,19 @@ def cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def data_table(metrics: dict[str, Any]) -> str:
+def data_table(metrics: RunMetrics) -> str:
     rows = ["| split | examples | file | sha256 |", "| --- | ---: | --- | --- |"]
-    for split, file in metrics["data_files"].items():
+    for split, file in (metrics.data_files or {}).items():
         where = ("carved out of the train file (seeded, stratified)", "") if file is None else (
             f"`{cell(file['path'])}`", f"`{file['sha256']}`")
-        rows.append(f"| {split} | {metrics['split_sizes'][split]:,} | {where[0]} | {where[1]} |")
+        rows.append(f"| {split} | {(metrics.split_sizes or {})[split]:,} | {where[0]} | {where[1]} |")
     return "\n".join(rows)
 
 
-def results(metrics: dict[str, Any], checkpoint: str) -> str:
-    scores = {"val": metrics["val_metrics"], "test": metrics["test_metrics"]}
-    lines = [f"The best checkpoint is the epoch with the best val {metrics['metric']} (epoch "
-             f"{metrics['best_epoch']}); the test split was scored once, with it.", "",
+def results(metrics: RunMetrics, checkpoint: str) -> str:
+    scores = {"val": metrics.val_metrics or {}, "test": metrics.test_metrics or {}}
+    lines = [f"The best checkpoint is the epoch with the best val {metrics.metric_name} (epoch "
+             f"{metrics.best_epoch}); the test split was scored once, with it.", "",
              "| split | accuracy | macro-F1 |", "| --- | ---: | ---: |"]
     lines += [f"| {split} | {values['accuracy']:.4f} | {values['macro_f1']:.4f} |" for split, values in scores.items()]
     for split, values in scores.items():
@@ -109,31 +110,31 @@ def results(metrics: dict[str, Any], checkpoint: str) -> str:
                   "| --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {cell(name)} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
                   for name, c in values["per_class"].items()]
-    final = metrics["history"][-1]
-    if checkpoint != BEST_MODEL_FILE and final["epoch"] != metrics["best_epoch"]:
+    final = metrics.history[-1]
+    if checkpoint != BEST_MODEL_FILE and final["epoch"] != metrics.best_epoch:
         lines += ["", f"This folder holds the final checkpoint (epoch {final['epoch']}), not the best one: its val "
                   f"accuracy was {final['val_accuracy']:.4f} and macro-F1 {final['val_macro_f1']:.4f}; its test "
                   "scores were not measured."]
     return "\n".join(lines)
 
 
-def training(metrics: dict[str, Any], frozen: bool) -> str:
-    precision = metrics["mixed_precision"]
+def training(metrics: RunMetrics, frozen: bool) -> str:
+    precision = metrics.mixed_precision or {}
     reason = f" ({precision['reason']})" if precision["reason"] else ""
     return "\n".join([
-        f"- device: {metrics['device']}",
+        f"- device: {metrics.device}",
         f"- precision: {precision['requested']} requested, {precision['used']} used{reason}. The exported weights "
         "are float32, as the run's checkpoints are: run in float32, they give the run's probabilities within 1e-5",
         f"- backbone: {'frozen (only the head was trained)' if frozen else 'fine-tuned with the head'}",
-        f"- epochs: {len(metrics['history'])}, effective batch size {metrics['effective_batch_size']}, seed "
-        f"{metrics['seed']}",
+        f"- epochs: {len(metrics.history)}, effective batch size {metrics.effective_batch_size}, seed "
+        f"{metrics.seed}",
     ])
 
 
-def limitations(metrics: dict[str, Any], language: str | list[str] | None, backbone: str, max_length: int) -> str:
+def limitations(metrics: RunMetrics, language: str | list[str] | None, backbone: str, max_length: int) -> str:
     spoken = (f"{', '.join(language) if isinstance(language, list) else language} (from the backbone's model card)"
               if language else f"unknown here (no model card of `{backbone}` on this machine); it is the backbone's")
-    cut = metrics["token_lengths"].get("test")
+    cut = metrics.token_lengths.get("test")
     cut_text = f" ({cut['truncated_share']:.1%} of the test texts were longer)" if cut else ""
     return "\n".join([
         f"- Language: {spoken}. Texts in other languages get unreliable scores.",

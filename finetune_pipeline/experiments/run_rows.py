@@ -1,4 +1,4 @@
-"""One run as a comparison sees it: what its folder holds (RunRecord), its row (RunRow), its factors (the config
+"""One run as a comparison sees it: its row (RunRow, from the run folder's RunRecord), its factors (the config
 keys that may differ between runs compared fairly), its provenance (data, backbone, code, device), and how those
 values are written for people."""
 
@@ -13,8 +13,8 @@ from finetune_pipeline.core.config import FROZEN_BACKBONE_IGNORES, changed_value
 from finetune_pipeline.experiments.stability import Stability, loss_stability
 from finetune_pipeline.runs import run_lock
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
-from finetune_pipeline.runs.plots import DEFAULT_METRIC_NAME, RunCurves, read_run_curves
-from finetune_pipeline.runtime.files import read_json_object
+from finetune_pipeline.runs.plots import RunCurves
+from finetune_pipeline.runs.run_record import RunRecord
 
 SEED_KEY = "seed"  # reported on its own: a seed change is noise, not a factor
 # Where the data lies and where results go are not factors; the data's content is checked by sha256.
@@ -24,17 +24,6 @@ FROZEN_BACKBONE_KEY = "training.freeze_backbone"
 MISSING = "—"
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 SHA256_SHOWN = 12  # characters of a digest shown to people; comparisons use all 64
-
-
-@dataclass
-class RunRecord:
-    """What could be read from one run folder; a missing or broken file leaves its part empty."""
-
-    run_dir: Path
-    metrics: dict[str, Any]
-    config: dict[str, Any] | None  # flattened to dotted keys; None when config.json could not be read
-    curves: RunCurves  # train.log's step and epoch lines, read once: loss stability and compare.png use them
-    problems: list[str]
 
 
 @dataclass
@@ -60,45 +49,32 @@ class RunRow:
     repeat_key: str  # equal for runs that are repeats of one another
 
 
-def load_run_record(run_dir: Path) -> RunRecord:
-    metrics, metrics_problem = read_run_file(run_dir / METRICS_FILE, "scores, status and provenance unknown")
-    config, config_problem = read_run_file(run_dir / CONFIG_FILE, "its factors cannot be checked")
-    curves, log_problem = read_curves(run_dir, (metrics or {}).get("metric") or DEFAULT_METRIC_NAME)
-    problems = [problem for problem in (metrics_problem, config_problem, log_problem) if problem]
-    return RunRecord(run_dir, metrics or {}, None if config is None else flatten(config), curves, problems)
+# What a comparison loses with each file of a run folder that is missing or unreadable.
+CONSEQUENCES = {METRICS_FILE: "scores, status and provenance unknown", CONFIG_FILE: "its factors cannot be checked",
+                TRAIN_LOG_FILE: "loss stability unknown"}
 
 
-def read_run_file(path: Path, consequence: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(content, None), or (None, what went wrong): a failed run may have left a file missing."""
-    try:
-        return read_json_object(path), None
-    except FileNotFoundError:
-        return None, f"{path.name} is missing: {consequence}"
-    except (OSError, ValueError) as err:
-        return None, f"{path.name} cannot be read ({err}): {consequence}"
-
-
-def read_curves(run_dir: Path, metric: str) -> tuple[RunCurves, str | None]:
-    """(curves, None), or (empty curves, what went wrong): a run that stopped early may lack train.log."""
-    path = run_dir / TRAIN_LOG_FILE
-    empty = RunCurves(run_dir.name, steps=[], losses=[], learning_rates=[], epochs=[], val_scores=[], metric=metric)
-    if not path.is_file():
-        return empty, f"{path.name} is missing: loss stability unknown"
-    try:
-        return read_run_curves(run_dir, run_dir.name, metric), None
-    except (OSError, ValueError, KeyError) as err:
-        return empty, f"{path.name} cannot be read ({err}): loss stability unknown"
+def describe_problems(record: RunRecord) -> list[str]:
+    """The problems with the files a comparison reads, and what each costs it."""
+    return [f"{problem.file} " + ("is missing" if problem.missing else f"cannot be read ({problem.error})")
+            + f": {CONSEQUENCES[problem.file]}" for problem in record.problems if problem.file in CONSEQUENCES]
 
 
 def is_factor(key: str) -> bool:
     return key != SEED_KEY and key not in PATH_KEYS and not key.startswith(PATH_PREFIXES)
 
 
+def flat_config(record: RunRecord) -> dict[str, Any]:
+    """config.json with dotted keys ({} when unreadable)."""
+    return flatten(record.config or {})
+
+
 def factors_of(record: RunRecord) -> dict[str, Any] | None:
     if record.config is None:
         return None
-    frozen = record.config.get(FROZEN_BACKBONE_KEY) is True
-    return {key: value for key, value in record.config.items()
+    config = flat_config(record)
+    frozen = config.get(FROZEN_BACKBONE_KEY) is True
+    return {key: value for key, value in config.items()
             if is_factor(key) and not (frozen and key in FROZEN_BACKBONE_IGNORES)}
 
 
@@ -110,30 +86,28 @@ def factor_differences(reference: dict[str, Any], other: dict[str, Any]) -> dict
 
 
 def summarize(record: RunRecord, reference: RunRecord) -> RunRow:
-    metrics = record.metrics
-    seed = metrics.get("seed", (record.config or {}).get(SEED_KEY))
+    metrics = record.measured
+    seed = metrics.seed if metrics.seed is not None else flat_config(record).get(SEED_KEY)
     factors, reference_factors = factors_of(record), factors_of(reference)
     comparable = factors is not None and reference_factors is not None
-    epoch_times = metrics.get("epoch_times_s") or []
     status = run_lock.run_status(Path(record.run_dir), metrics)
-    sizes = metrics.get("split_sizes")
     return RunRow(
         label=run_label(record, seed),
         run_dir=record.run_dir,
         status=status,
-        best_val_score=metrics.get("best_val_score"),
-        test_score=metrics.get("test_score"),
-        best_epoch=metrics.get("best_epoch"),
-        wall_time_s=metrics.get("wall_time_s"),
-        mean_epoch_time_s=statistics.fmean(epoch_times) if epoch_times else None,
-        peak_rss_mb=(metrics.get("peak_memory_mb") or {}).get("process_rss"),
+        best_val_score=metrics.best_val_score,
+        test_score=metrics.test_score,
+        best_epoch=metrics.best_epoch,
+        wall_time_s=metrics.wall_time_s,
+        mean_epoch_time_s=statistics.fmean(metrics.epoch_times_s) if metrics.epoch_times_s else None,
+        peak_rss_mb=metrics.peak_rss_mb,
         stability=loss_stability(record.curves.losses),
         curves=record.curves,
         seed=seed,
         factors=factors,
         differences=factor_differences(reference_factors, factors) if comparable else None,
-        split_sizes={split: size for split, size in (sizes or {}).items() if isinstance(size, int) and size > 0},
-        metric=str(metrics.get("metric") or DEFAULT_METRIC_NAME),
+        split_sizes={split: size for split, size in (metrics.split_sizes or {}).items() if size > 0},
+        metric=metrics.metric_name,
         repeat_key=json.dumps([status, seed, factors, data_identity(record), backbone_identity(record),
                                code_identity(record), hardware_identity(record)], sort_keys=True, default=str)
         if factors is not None else f"unknown config {record.run_dir}",  # an unreadable config repeats nothing
@@ -142,40 +116,40 @@ def summarize(record: RunRecord, reference: RunRecord) -> RunRow:
 
 def run_label(record: RunRecord, seed: int | None) -> str:
     """The run folder's name, or for a sweep member its name and seed: 'hidden_dim=128 (seed 42)'."""
-    member = record.metrics.get("sweep_member")
-    return f"{member} (seed {seed})" if isinstance(member, str) else record.run_dir.name
+    member = record.measured.sweep_member
+    return f"{member} (seed {seed})" if member is not None else record.run_dir.name
 
 
 def data_identity(record: RunRecord) -> dict[str, str | None] | None:
     """split -> sha256 of its file (None for a split carved out of the train file); None for runs without it."""
-    data_files = record.metrics.get("data_files")
-    if not isinstance(data_files, dict):
+    data_files = record.measured.data_files
+    if data_files is None:
         return None
     return {split: (entry or {}).get("sha256") for split, entry in data_files.items()}
 
 
 def backbone_identity(record: RunRecord) -> dict[str, Any] | None:
     """The backbone's name and a sha256 over all its weights; None when the run did not record the weights."""
-    sha256 = record.metrics.get("backbone_sha256")
-    return None if sha256 is None else {"model.backbone": (record.config or {}).get("model.backbone"),
+    sha256 = record.measured.backbone_sha256
+    return None if sha256 is None else {"model.backbone": flat_config(record).get("model.backbone"),
                                         "backbone_sha256": sha256}
 
 
 def code_identity(record: RunRecord) -> dict[str, Any] | None:
     """The package version and its source's sha256; runs recorded before that hash existed fall back to the
     git commit (where a commit that changed only documentation still counts as a change)."""
-    version = record.metrics.get("code_version")
-    if not isinstance(version, dict) or not version.get("source_sha256"):
+    version = record.measured.code_version
+    if version is None or not version.get("source_sha256"):
         return version
     return {"package": version.get("package"), "source_sha256": version["source_sha256"]}
 
 
 def hardware_identity(record: RunRecord) -> dict[str, Any] | None:
     """Where the run computed and in which precision it really ran (a CPU may run bf16 or fp32 for "fp16")."""
-    precision = record.metrics.get("mixed_precision")
-    if not isinstance(precision, dict):
+    precision = record.measured.mixed_precision
+    if precision is None:
         return None
-    return {"device": record.metrics.get("device"), "precision used": precision.get("used")}
+    return {"device": record.measured.device, "precision used": precision.get("used")}
 
 
 def readable_value(value: Any) -> str:
