@@ -252,8 +252,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"optimizer steps: {plan['optimizer_steps_per_epoch']} per epoch x {training['epochs']} epochs = "
         f"{plan['optimizer_steps_total']} (effective batch {plan['effective_batch_size']} = batch "
         f"{training['batch_size']} x accumulation {training['gradient_accumulation_steps']})",
-        "backbone: frozen, features computed once and cached" if plan["uses_feature_cache"]
-        else f"backbone: {'frozen, run every step' if training['freeze_backbone'] else 'trained'}",
+        f"backbone: {plan['backbone']}",
         f"preflight, {preflight['what']} on the {preflight['examples']} longest texts "
         f"({preflight['padded_length']} tokens): peak {preflight['peak_mb']:,.0f} MiB + "
         f"{preflight['optimizer_state_mb']:,.0f} MiB optimizer state = {preflight['predicted_peak_mb']:,.0f} MiB "

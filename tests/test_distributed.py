@@ -32,12 +32,15 @@ def train(config: dict, work: Path, processes: int) -> Path:
     return Path(run_folders[0])
 
 
-@pytest.mark.parametrize("freeze", [True, False], ids=["frozen-cached", "full"])
-def test_two_processes_train_the_run_of_one_with_the_same_global_batch(make_config, tmp_path, freeze):
+@pytest.mark.parametrize("training", [{"freeze_backbone": True}, {"freeze_backbone": False},
+                                      {"freeze_backbone": False, "train_top_layers": 1}],
+                         ids=["frozen-cached", "full", "top-layers-cached"])
+def test_two_processes_train_the_run_of_one_with_the_same_global_batch(make_config, tmp_path, training):
     # 49 texts: the epoch's last step holds one example, so the second process pads with a zero-weight one
     train_file = write_csv(tmp_path / "train49.csv", toy_rows(49, seed=1))
     base = make_config(data={"train_file": str(train_file)},
-                       training={"freeze_backbone": freeze, "epochs": 2, "log_every_steps": 1}).to_plain()
+                       training={**training, "epochs": 2, "log_every_steps": 1}).to_plain()
+    freeze = training["freeze_backbone"]
     single = train(deep_merge(base, {"training": {"batch_size": 4, "gradient_accumulation_steps": 2}}), tmp_path, 1)
     double = train(deep_merge(base, {"training": {"batch_size": 2, "gradient_accumulation_steps": 2}}), tmp_path, 2)
 

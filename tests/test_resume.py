@@ -47,6 +47,7 @@ def step_losses(run_dir: Path) -> list[tuple[str, str]]:
 
 FROZEN = {"freeze_backbone": True, "epochs": 3, "log_every_steps": 1, "batch_size": 2, "gradient_accumulation_steps": 2}
 FULL = {"freeze_backbone": False, "epochs": 2, "log_every_steps": 1, "batch_size": 4, "gradient_accumulation_steps": 2}
+TOP_LAYERS = {**FULL, "train_top_layers": 1}  # the top layer trains on cached hidden states
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +76,7 @@ def interrupted_run(monkeypatch, config, point: str, count: int) -> Path:
     (FROZEN, "epoch_end", 1),  # between epochs: validated, epoch files not yet written
     (FULL, "step", 5),  # mid-epoch, the whole model training (no cache)
     (FULL, "epoch_end", 1),
+    (TOP_LAYERS, "step", 5),
 ])
 def test_an_interrupted_and_resumed_run_ends_bit_for_bit_as_an_uninterrupted_one(
         make_config, monkeypatch, training, point, count):

@@ -272,3 +272,20 @@ def test_the_toy_task_is_learned_so_the_tests_above_mean_something(make_config):
         "warmup_ratio": 0.0})))
     assert metrics["history"][0]["val_accuracy"] <= 0.6  # it starts at chance ...
     assert metrics["best_val_score"] >= 0.75  # ... and learns
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "constant", "constant_with_warmup"])
+def test_the_learning_rate_schedules_are_transformers_own(name):
+    from transformers import get_scheduler
+
+    from finetune_pipeline.core.training import learning_rate_schedule
+
+    for warmup, total in [(0, 10), (3, 10), (83, 4152), (1, 1)]:
+        ours, theirs = (torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3) for _ in range(2))
+        schedules = (learning_rate_schedule(name, ours, warmup, total),
+                     get_scheduler(name, theirs, num_warmup_steps=warmup, num_training_steps=total))
+        for _ in range(total + 2):
+            assert schedules[0].get_last_lr() == schedules[1].get_last_lr()  # the same floats, bit for bit
+            for optimizer, schedule in zip((ours, theirs), schedules, strict=True):
+                optimizer.step()
+                schedule.step()

@@ -161,9 +161,13 @@ class TrainingConfig(StrictModel):
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; `null` turns it off")
     freeze_backbone: bool = Field(True, description=(
         "true: only the head trains, the backbone stays in eval mode and out of the optimizer"))
+    train_top_layers: int | None = Field(None, ge=1, description=(
+        "trained backbone only: train the top K encoder layers and the head; the embeddings and the layers below "
+        "stay frozen (eval mode). `null`: every layer trains"))
     cache_features: bool = Field(True, description=(
-        "frozen backbone only: run it once per text and train the head on the features stored in "
-        "`output.cache_dir`, reused across runs"))
+        "run the frozen part once per text and keep its output in `output.cache_dir`, reused across runs: the "
+        "pooled features of a frozen backbone, or the hidden states entering the first trained layer with "
+        "`train_top_layers`"))
     group_by_length: bool = Field(True, description=(
         "batches of similar-length texts, in a random order, the longest first: less padding, early "
         "out-of-memory"))
@@ -180,10 +184,25 @@ class TrainingConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description=(
         "`auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `mps`"))
 
+    @model_validator(mode="after")
+    def top_layers_need_a_trained_backbone(self) -> "TrainingConfig":
+        if self.freeze_backbone and self.train_top_layers is not None:
+            raise ValueError(
+                f"train_top_layers {self.train_top_layers} trains the top layers of the backbone, and freeze_backbone "
+                "true freezes all of it: set training.freeze_backbone to false to train the top layers, or "
+                "training.train_top_layers to null to train the head alone"
+            )
+        return self
+
     @property
     def uses_feature_cache(self) -> bool:
         """The frozen backbone runs once per text and the head trains on its stored features."""
         return self.freeze_backbone and self.cache_features
+
+    @property
+    def uses_hidden_state_cache(self) -> bool:
+        """The frozen lower layers run once per text and the top layers train on their stored output."""
+        return self.train_top_layers is not None and self.cache_features
 
 
 # Keys that training never reads while the backbone is frozen (so no factor of a comparison involving such a run).

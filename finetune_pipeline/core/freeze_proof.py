@@ -6,6 +6,7 @@ fingerprint every backbone tensor (parameters and buffers) before and after trai
 """
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -81,6 +82,39 @@ def tensor_changes(before: Snapshot, module: nn.Module) -> dict[str, Any]:
     }
 
 
+LAYER_NUMBER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # encoder.layer.3.attention... -> 3
+
+
+def layer_of(tensor_name: str) -> str:
+    """The part of the backbone a tensor belongs to: 'embeddings', 'layer 3', 'pooler'."""
+    match = LAYER_NUMBER.search(tensor_name)
+    return f"layer {match.group(1)}" if match else tensor_name.split(".")[0]
+
+
+def layer_table(hashes: dict[str, str], report: dict[str, Any], trains: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """Per part of the backbone (in its order): how many tensors, how many changed, by how much at most, and
+    whether the config trains it."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name in hashes:
+        part = layer_of(name)
+        row = rows.setdefault(part, {"part": part, "trained": trains(part), "tensors": 0, "tensors_changed": 0,
+                                     "max_abs_change": 0.0})
+        entry = report["tensors"].get(name, {"changed": False, "max_abs_change": 0.0})
+        row["tensors"] += 1
+        row["tensors_changed"] += entry["changed"]
+        change = entry["max_abs_change"]
+        row["max_abs_change"] = None if change is None or row["max_abs_change"] is None else max(
+            row["max_abs_change"], change)
+    return list(rows.values())
+
+
+def trained_parts(freeze_backbone: bool, first_trained_layer: int | None) -> Callable[[str], bool]:
+    """Which parts of the backbone the config trains: none, all, or the layers from first_trained_layer up."""
+    if first_trained_layer is None:
+        return lambda part: not freeze_backbone
+    return lambda part: part.startswith("layer ") and int(part.removeprefix("layer ")) >= first_trained_layer
+
+
 NOT_LOADED = ("not loaded: every split's features came from the feature cache, so training and the test used "
               "the head alone and the backbone's weights never entered this process")
 
@@ -91,8 +125,11 @@ def build_freeze_proof(
     backbone: nn.Module | None,
     head: nn.Module,
     freeze_backbone: bool,
+    first_trained_layer: int | None = None,
 ) -> dict[str, Any]:
-    """backbone is None when the run never loaded it; backbone_before then holds its remembered hashes."""
+    """backbone is None when the run never loaded it; backbone_before then holds its remembered hashes.
+    first_trained_layer: with train_top_layers, the layers from there up train and everything below must not
+    change, each top layer must."""
     if backbone is None:
         backbone_report = {"tensors_total": len(backbone_before.hashes), "tensors_changed": 0,
                            "max_abs_change": 0.0, "tensors": {}}
@@ -100,11 +137,16 @@ def build_freeze_proof(
         backbone_report = tensor_changes(backbone_before, backbone)
     head_report = tensor_changes(head_before, head)
     backbone_changed = backbone_report["tensors_changed"] > 0
+    layers = layer_table(backbone_before.hashes, backbone_report, trained_parts(freeze_backbone, first_trained_layer))
+    if first_trained_layer is None:  # frozen must mean unchanged; trained must mean changed (else the lr did nothing)
+        consistent = backbone_changed != freeze_backbone
+    else:  # each part as the config says: the top layers changed, the embeddings and the rest unchanged
+        consistent = all((row["tensors_changed"] > 0) == row["trained"] for row in layers)
     return {
         "freeze_backbone": freeze_backbone,
+        "first_trained_layer": first_trained_layer,
         "backbone_changed": backbone_changed,
-        # frozen must mean unchanged; trained must mean changed (else the encoder lr did nothing)
-        "consistent_with_config": backbone_changed != freeze_backbone,
+        "consistent_with_config": consistent,
         "head_changed": head_report["tensors_changed"] > 0,
         "backbone_checked": "every tensor hashed before and after training" if backbone is not None else NOT_LOADED,
         "summary": {
@@ -116,6 +158,7 @@ def build_freeze_proof(
             "head_tensors_changed": head_report["tensors_changed"],
             "head_max_abs_change": head_report["max_abs_change"],
         },
+        "layers": layers,
         "backbone_tensors": backbone_report["tensors"],
         "head_tensors": head_report["tensors"],
     }

@@ -90,6 +90,20 @@ def load_backbone(backbone: str) -> "PreTrainedModel":
     return copy.deepcopy(model) if _loaded is not None else model
 
 
+def first_trained_layer(train_top_layers: int | None, backbone_config: PretrainedConfig, backbone: str) -> int | None:
+    """The index of the lowest layer training.train_top_layers trains (None: the setting is off)."""
+    if train_top_layers is None:
+        return None
+    layers = getattr(backbone_config, "num_hidden_layers", None)
+    if layers is None:
+        raise UserInputError(f"training.train_top_layers: the backbone '{backbone}' does not say how many layers it "
+                             "has (no num_hidden_layers in its config.json); use train_top_layers null")
+    if train_top_layers > layers:
+        raise UserInputError(f"training.train_top_layers: {train_top_layers} is more than the {layers} layers of the "
+                             f"backbone '{backbone}'; set it to {layers} or less")
+    return layers - train_top_layers
+
+
 def backbone_max_length(backbone_config: PretrainedConfig) -> int | None:
     return getattr(backbone_config, "max_position_embeddings", None)
 
@@ -118,9 +132,26 @@ def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str
     return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def encoder_layers(backbone: "PreTrainedModel") -> nn.ModuleList:
+    """The backbone's stack of transformer layers, for models built like BERT (embeddings, then encoder.layer:
+    BERT, RoBERTa, XLM-R, ELECTRA, MiniLM, ...): training.train_top_layers splits the stack there."""
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if not hasattr(backbone, "embeddings") or not isinstance(layers, nn.ModuleList):
+        raise UserInputError(
+            f"training.train_top_layers: the backbone ({type(backbone).__name__}) is not built like BERT (embeddings, "
+            "then encoder.layer), so its layers cannot be split; use it with train_top_layers null"
+        )
+    return layers
+
+
 class TextClassifier(nn.Module):
     """backbone is None when the run needs the head alone: a frozen run whose features all come from the
-    feature cache never loads the weights."""
+    feature cache never loads the weights.
+
+    With training.train_top_layers K the backbone is split at its first trained layer: the embeddings and the
+    layers below stay frozen (freeze_below), and with cached hidden states the loop runs only the top K layers
+    (forward's hidden_states), from what lower_hidden_states computed once per text.
+    """
 
     def __init__(self, backbone: "PreTrainedModel | None", backbone_config: PretrainedConfig, config: ModelConfig,
                  num_labels: int) -> None:
@@ -129,18 +160,32 @@ class TextClassifier(nn.Module):
         self.pooling = config.pooling
         self.head = ClassifierHead(backbone_config.hidden_size, config.hidden_dim, num_labels, config.dropout)
         self.backbone_frozen = False
+        self.frozen_modules: list[nn.Module] = []  # kept in eval mode by train(): no dropout where nothing trains
 
     def freeze_backbone(self) -> None:
         """No gradients for the backbone, and eval mode so that its dropout is off too."""
         self.backbone_frozen = True
         if self.backbone is not None:
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
+            self.freeze([self.backbone])
+
+    def freeze_below(self, first_trained_layer: int) -> None:
+        """Freeze everything of the backbone but its layers from first_trained_layer up (the pooler, which
+        our pooling never uses, included)."""
+        layers = encoder_layers(self.backbone)
+        self.backbone.requires_grad_(False)
+        layers[first_trained_layer:].requires_grad_(True)
+        self.freeze([self.backbone.embeddings, *layers[:first_trained_layer]])
+
+    def freeze(self, modules: list[nn.Module]) -> None:
+        for module in modules:
+            module.requires_grad_(False)
+            module.eval()
+        self.frozen_modules = modules
 
     def train(self, mode: bool = True) -> "TextClassifier":
         super().train(mode)
-        if self.backbone_frozen and self.backbone is not None:
-            self.backbone.eval()  # model.train() must not switch a frozen backbone's dropout back on
+        for module in self.frozen_modules:
+            module.eval()  # model.train() must not switch a frozen module's dropout back on
         return self
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -150,11 +195,41 @@ class TextClassifier(nn.Module):
         hidden_states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool(hidden_states, attention_mask, self.pooling)
 
+    def lower_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            first_trained_layer: int) -> torch.Tensor:
+        """What enters layer first_trained_layer, (batch, seq, hidden): the embeddings and the layers below,
+        computed as the backbone's own forward computes them."""
+        hidden_states = self.backbone.embeddings(input_ids=input_ids)
+        return self.run_layers(hidden_states, attention_mask, encoder_layers(self.backbone)[:first_trained_layer])
+
+    def upper_features(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
+                       first_trained_layer: int) -> torch.Tensor:
+        """Pooled features from the hidden states entering first_trained_layer: the top layers alone."""
+        hidden_states = self.run_layers(hidden_states, attention_mask,
+                                        encoder_layers(self.backbone)[first_trained_layer:])
+        return pool(hidden_states, attention_mask, self.pooling)
+
+    def run_layers(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
+                   layers: nn.ModuleList) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        # the mask in the form the backbone's attention implementation (SDPA) takes, as its forward makes it
+        mask = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden_states,
+                                         attention_mask=attention_mask)
+        for layer in layers:
+            hidden_states = layer(hidden_states, mask)
+        return hidden_states
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                features: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (batch, num_labels) from token ids, or from pooled features the backbone already computed
-        (cached features: the head alone). Both go through forward, so DistributedDataParallel sees them."""
-        if features is None:
+                features: torch.Tensor | None = None, hidden_states: torch.Tensor | None = None,
+                first_trained_layer: int = 0) -> torch.Tensor:
+        """Logits (batch, num_labels) from token ids, from pooled features the backbone already computed
+        (cached features: the head alone), or from the hidden states entering first_trained_layer (cached
+        hidden states: the top layers and the head). All go through forward, so DistributedDataParallel sees
+        them."""
+        if hidden_states is not None:
+            features = self.upper_features(hidden_states, attention_mask, first_trained_layer)
+        elif features is None:
             features = self.features(input_ids, attention_mask)
         return self.head(features)
 

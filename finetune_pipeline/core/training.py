@@ -20,6 +20,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from finetune_pipeline.core.batching import InputSplit, training_steps
 from finetune_pipeline.core.config import Config, TrainingConfig
@@ -104,8 +104,8 @@ class TrainingState:
         """Epoch 1, step 0: a new optimizer, learning-rate schedule and loss scaler."""
         optimizer = build_optimizer(model, training)
         total_steps = optimizer_steps_per_epoch(train_examples, training, world().size) * training.epochs
-        scheduler = get_scheduler(training.scheduler, optimizer, num_training_steps=total_steps,
-                                  num_warmup_steps=round(training.warmup_ratio * total_steps))
+        scheduler = learning_rate_schedule(training.scheduler, optimizer, round(training.warmup_ratio * total_steps),
+                                           total_steps)
         scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)  # a no-op unless fp16
         return cls(optimizer, scheduler, scaler, RunningLoss.zero(device))
 
@@ -339,6 +339,50 @@ def build_optimizer(model: TextClassifier, training: TrainingConfig) -> torch.op
     # cores, 13 ms per step instead of 78 ms, with no temporary copies of the parameters.
     device_type = groups[0]["params"][0].device.type if groups and groups[0]["params"] else "cpu"
     return torch.optim.AdamW(groups, fused=device_type in ("cpu", "cuda"))
+
+
+def learning_rate_schedule(name: str, optimizer: torch.optim.Optimizer, warmup_steps: int,
+                           total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The factor on each group's learning rate after `step` optimizer steps: a linear ramp from 0 over the warmup
+    steps, then constant, linear down to 0 at the last step, or half a cosine down to 0.
+
+    transformers' get_scheduler formulas, written out as it writes them (the same floats): importing
+    transformers.optimization loads its Trainer's helpers (and peft, where installed), seconds that a run on
+    cached features does not need."""
+    shapes = {"linear": linear_decay, "cosine": cosine_decay, "constant": constant, "constant_with_warmup": constant}
+    warmup = 0 if name == "constant" else warmup_steps
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(shapes[name], warmup_steps=warmup,
+                                                                total_steps=total_steps))
+
+
+def warming_up(step: int, warmup_steps: int) -> float | None:
+    return float(step) / float(max(1, warmup_steps)) if step < warmup_steps else None
+
+
+def linear_decay(step: int, warmup_steps: int, total_steps: int) -> float:
+    ramp = warming_up(step, warmup_steps)
+    return ramp if ramp is not None else max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+
+
+def cosine_decay(step: int, warmup_steps: int, total_steps: int) -> float:
+    ramp = warming_up(step, warmup_steps)
+    if ramp is not None:
+        return ramp
+    progress = float(step - warmup_steps) / float(max(1, total_steps - warmup_steps))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def constant(step: int, warmup_steps: int, total_steps: int) -> float:
+    ramp = warming_up(step, warmup_steps)
+    return ramp if ramp is not None else 1.0
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's random generators (CUDA's included), as transformers.set_seed does."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
 
 
 def current_lr(optimizer: torch.optim.Optimizer, group_name: str) -> float:

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.core.config import Config, config_from_dict
@@ -35,11 +36,10 @@ REPORT_FILE = "report.html"
 CHECKPOINT_FORMAT_VERSION = 1
 
 
-def expected_artifact_bytes(model: TextClassifier, backbone_included: bool) -> int:
+def expected_artifact_bytes(model: TextClassifier, config: Config) -> int:
     """About what a run writes at most: best and final checkpoints, the resume checkpoint (weights and AdamW's
     two moments per trained parameter) and its temporary copy while it is replaced, in float32."""
-    saved = model if backbone_included else model.head
-    checkpoint = 4 * sum(tensor.numel() for tensor in saved.state_dict().values())
+    checkpoint = 4 * sum(tensor.numel() for tensor in saved_state(model, config).values())
     resume = checkpoint + 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
     return 2 * checkpoint + 2 * resume + 4 * 2**20  # + logs, plots and the report
 
@@ -76,24 +76,48 @@ def create_run_dir(root: str | Path, suffix: str = "") -> Path:
     raise UserInputError(f"output.artifacts_root '{root}': too many runs started in the second {stamp}")
 
 
+def backbone_trained_whole(config: Config) -> bool:
+    return not config.training.freeze_backbone and config.training.train_top_layers is None
+
+
+def saved_state(model: TextClassifier, config: Config) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds: the whole model when the whole backbone trains, else the head and the backbone
+    tensors that train (the top layers of train_top_layers)."""
+    state = model.state_dict()
+    if backbone_trained_whole(config):
+        return state
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return {name: tensor for name, tensor in state.items() if name.startswith("head.") or name in trained}
+
+
+def left_out_sha256(backbone_hashes: dict[str, str], saved: dict[str, Any]) -> str:
+    """One hash of the backbone tensors a checkpoint leaves out (they are the pretrained ones)."""
+    return fingerprint_of({name: tensor_hash for name, tensor_hash in backbone_hashes.items()
+                           if f"backbone.{name}" not in saved})
+
+
 def checkpoint_payload(
-    model: TextClassifier, label_names: list[str], config: Config, epoch: int, step: int, backbone_sha256: str
+    model: TextClassifier, label_names: list[str], config: Config, epoch: int, step: int,
+    backbone_hashes: dict[str, str],
 ) -> dict[str, Any]:
     """Only tensors and plain types, so that torch.load(path, weights_only=True) can read it.
 
-    A frozen backbone is left out: it is still the pretrained one, named by config.model.backbone and
-    identified by backbone_sha256 (a hash of all its weights), which loading checks. A frozen run's
-    checkpoint is then the head alone, well under a megabyte instead of the backbone's ~90 MB.
+    What does not train is left out: a frozen backbone, or the embeddings and lower layers below
+    train_top_layers. They are still the pretrained ones, named by config.model.backbone and identified by
+    backbone_sha256 (a hash of the left-out tensors, from backbone_hashes: every backbone tensor's hash before
+    training), which loading checks. A frozen run's checkpoint is then the head alone, well under a megabyte instead of the
+    backbone's ~90 MB.
     """
-    backbone_included = not config.training.freeze_backbone
-    module = model if backbone_included else model.head
-    prefix = "" if backbone_included else "head."
+    backbone_included = backbone_trained_whole(config)
+    state = saved_state(model, config)
     return {
         "format_version": CHECKPOINT_FORMAT_VERSION,
-        "model_state": {prefix + name: tensor for name, tensor in module.state_dict().items()},
+        "model_state": state,
         "backbone_included": backbone_included,
         "backbone": config.model.backbone,
-        "backbone_sha256": backbone_sha256,
+        # the pretrained backbone it started from, or the part of it left out
+        "backbone_sha256": fingerprint_of(backbone_hashes) if backbone_included else left_out_sha256(backbone_hashes,
+                                                                                                      state),
         "label_names": list(label_names),
         "config": config.to_plain(),
         "epoch": epoch,
@@ -108,7 +132,7 @@ def restore_weights(model: TextClassifier, payload: dict[str, Any], source: Path
     checkpoint is the one restoring it, with the same backbone fingerprint.
     """
     if not payload["backbone_included"] and model.backbone is not None:
-        loaded = fingerprint_of(tensor_hashes(model.backbone))
+        loaded = left_out_sha256(tensor_hashes(model.backbone), payload["model_state"])
         if loaded != payload["backbone_sha256"]:
             raise UserInputError(
                 f"{source}: was saved without its frozen backbone '{payload['backbone']}' (weights sha256 "

@@ -15,7 +15,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from finetune_pipeline.core.batching import TokenizedSplit, evaluation_batches
+from finetune_pipeline.core.batching import InputSplit, evaluation_batches
 from finetune_pipeline.core.config import Config
 from finetune_pipeline.core.device import Precision, autocast, peak_process_memory_mb
 from finetune_pipeline.core.model import TextClassifier
@@ -108,13 +108,14 @@ def set_arguments(overrides: dict[str, Any]) -> list[str]:
 
 
 def run_preflight(
-    model: TextClassifier, split: TokenizedSplit, config: Config, device: torch.device, precision: Precision,
+    model: TextClassifier, split: InputSplit, config: Config, device: torch.device, precision: Precision,
     uses_feature_cache: bool,
 ) -> Preflight:
     """One step on the heaviest batch; the model's weights and every random generator are left as they were.
 
     With the feature cache, the heaviest step is the feature extraction (inference on eval_batch_size
-    texts); otherwise it is a training micro-batch, forward and backward.
+    texts); otherwise it is a training micro-batch, forward and backward, from split: token ids, or the cached
+    hidden states of train_top_layers (then the lower layers do not run).
     """
     batch_size = config.training.eval_batch_size if uses_feature_cache else config.training.batch_size
     # the first batch of the longest-first order holds the longest texts: no batch can need more memory
@@ -135,7 +136,7 @@ def run_preflight(
     except Exception as err:
         if is_out_of_memory(err):
             raise out_of_memory(config, "in the preflight step", f"{len(batch.labels)} texts padded to "
-                                f"{batch.input_ids.shape[1]} tokens did not fit ({str(err).splitlines()[0]})") from None
+                                f"{batch.attention_mask.shape[1]} tokens did not fit ({str(err).splitlines()[0]})") from None
         raise
     finally:
         model.zero_grad(set_to_none=True)
@@ -151,7 +152,7 @@ def run_preflight(
     return Preflight(
         what="feature extraction (inference)" if uses_feature_cache else "training micro-batch (forward + backward)",
         examples=len(batch.labels),
-        padded_length=int(batch.input_ids.shape[1]),
+        padded_length=int(batch.attention_mask.shape[1]),
         peak_mb=peak_mb,
         optimizer_state_mb=optimizer_state_mb,
         predicted_peak_mb=peak_mb + optimizer_state_mb,

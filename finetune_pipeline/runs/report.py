@@ -186,21 +186,37 @@ def freeze_proof_section(proof: dict[str, Any] | None) -> str:
     return (
         f'<p>Backbone: <span class="{verdict_class}">{escape(backbone_verdict(proof))}</span></p>\n'
         f"<p>Head: {escape(head_verdict(proof))}</p>\n"
-        + key_value_table(list(summary.items()))
+        + key_value_table(list(summary.items())) + layers_table(proof.get("layers"))
     )
+
+
+def layers_table(layers: list[dict[str, Any]] | None) -> str:
+    """Per part of the backbone: trained by the config or not, and what changed; a row that disagrees is red."""
+    if not layers:
+        return ""
+    rows = [[cell(row["part"]), cell("trained" if row["trained"] else "frozen"),
+             cell(f"{row['tensors_changed']} of {row['tensors']}", "number"), cell(row["max_abs_change"], "number")]
+            for row in layers]
+    classes = ["" if (row["tensors_changed"] > 0) == row["trained"] or row["part"] == "pooler" else "changed"
+               for row in layers]
+    return ("\n<p>Per part of the backbone (highlighted: a part that changed although frozen, or did not although "
+            "trained):</p>\n" + table(["part", "config", "tensors changed", "max abs change"], rows, classes))
 
 
 def backbone_verdict(proof: dict[str, Any]) -> str:
     """The proof in plain words, e.g. 'frozen and unchanged: consistent'."""
     frozen, changed = proof.get("freeze_backbone"), proof.get("backbone_changed")
     setting = {True: "frozen", False: "trained", None: "frozen or trained (not recorded)"}[frozen]
+    if proof.get("first_trained_layer") is not None:
+        setting = f"trained from layer {proof['first_trained_layer']} up, frozen below"
     outcome = {True: "changed", False: "unchanged", None: "change not recorded"}[changed]
     consistent = proof.get("consistent_with_config")
     if consistent is None:
         return f"{setting} and {outcome}"
     if consistent:
         return f"{setting} and {outcome}: consistent"
-    why = ("something updated weights that should stay fixed" if frozen
+    why = ("a part changed against the config: see the table below" if proof.get("first_trained_layer") is not None
+           else "something updated weights that should stay fixed" if frozen
            else "the encoder learning rate had no effect")
     return f"{setting} but {outcome}: INCONSISTENT ({why})"
 

@@ -24,7 +24,7 @@ import torch
 import transformers
 
 from finetune_pipeline.core import backbone_memo
-from finetune_pipeline.core.batching import TokenizedSplit, length_statistics, tokenize_split
+from finetune_pipeline.core.batching import InputSplit, TokenizedSplit, length_statistics, tokenize_split
 from finetune_pipeline.core.config import FROZEN_BACKBONE_IGNORES, Config
 from finetune_pipeline.core.data import Splits, describe_sources, load_splits
 from finetune_pipeline.core.device import (
@@ -45,16 +45,24 @@ from finetune_pipeline.core.feature_cache import (
     lookup_all,
 )
 from finetune_pipeline.core.freeze_proof import Snapshot, build_freeze_proof, fingerprint_of, snapshot
+from finetune_pipeline.core.hidden_state_cache import (
+    HiddenStateSplit,
+    cached_hidden_states,
+    estimated_bytes,
+    hidden_state_key,
+)
 from finetune_pipeline.core.language_check import language_warning, tokenization_report
 from finetune_pipeline.core.model import (
     TextClassifier,
     backbone_max_length,
     count_parameters,
+    encoder_layers,
+    first_trained_layer,
     load_backbone,
     load_tokenizer,
     resolve_backbone,
 )
-from finetune_pipeline.core.training import TrainingState, optimizer_steps_per_epoch, train_model
+from finetune_pipeline.core.training import TrainingState, optimizer_steps_per_epoch, seed_everything, train_model
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts, run_lock
 from finetune_pipeline.runs.memory_check import check_fits, is_out_of_memory, out_of_memory, run_preflight
@@ -91,6 +99,7 @@ class PreparedRun:
     cached_features: Found  # what the feature cache holds for those keys
     tokenization: dict[str, dict[str, Any]]  # per split: script, tokens per word, unknown-token share
     language_warning: str | None  # when the backbone's tokenizer does not seem to know the texts' language
+    first_trained_layer: int | None  # with training.train_top_layers: the layers from here up train
 
     @property
     def uses_feature_cache(self) -> bool:
@@ -124,6 +133,7 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
             f"data.max_length: {config.data.max_length} is more than the backbone '{config.model.backbone}' "
             f"can read ({longest} tokens); set it to {longest} or less"
         )
+    first_trained = first_trained_layer(config.training.train_top_layers, backbone_config, config.model.backbone)
     examples = dict(zip(SPLIT_NAMES, (splits.train, splits.val, splits.test), strict=True))
     tokenized = {name: tokenize_split(split, splits.label_names, tokenizer, config.data.max_length)
                  for name, split in examples.items()}
@@ -150,15 +160,18 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
                                                device)
 
     # Seeded after loading: the head starts the same whether or not the backbone was loaded.
-    transformers.set_seed(config.seed)  # python, numpy and torch RNGs
+    seed_everything(config.seed)  # python, numpy and torch RNGs
     model = TextClassifier(backbone, backbone_config, config.model, len(splits.label_names))
     if config.training.freeze_backbone:
         model.freeze_backbone()
-    elif config.training.gradient_checkpointing:
-        enable_activation_checkpointing(model.backbone)
+    else:
+        if first_trained is not None:
+            model.freeze_below(first_trained)
+        if config.training.gradient_checkpointing:
+            enable_activation_checkpointing(model.backbone)
     return PreparedRun(config, device, precision, splits, model.to(device), tokenized, backbone_before,
                        backbone_parameters, keys, found, tokenization,
-                       language_warning(tokenization, config.model.backbone))
+                       language_warning(tokenization, config.model.backbone), first_trained)
 
 
 def look_up_features(
@@ -198,12 +211,30 @@ def dry_run(config: Config) -> dict[str, Any]:
         "tokenization": prepared.tokenization,
         "language_warning": prepared.language_warning,
         "uses_feature_cache": prepared.uses_feature_cache,
+        "backbone": describe_backbone_use(prepared),
         "effective_batch_size": config.effective_batch_size(),
         "optimizer_steps_per_epoch": steps_per_epoch,
         "optimizer_steps_total": steps_per_epoch * config.training.epochs,
         "preflight": preflight.as_dict(),
         "fits_in_memory": preflight.predicted_peak_mb <= preflight.available_mb,
     }
+
+
+def describe_backbone_use(prepared: PreparedRun) -> str:
+    """What trains, what is frozen and what is cached, in a line: 'frozen, features computed once and cached'."""
+    training, first = prepared.config.training, prepared.first_trained_layer
+    if training.freeze_backbone:
+        return "frozen, features computed once and cached" if training.uses_feature_cache else "frozen, run every step"
+    if first is None:
+        return "trained"
+    layers = len(encoder_layers(prepared.model.backbone))
+    trained = f"layers {first}-{layers - 1} of {layers} trained, the embeddings" + (f" and layers 0-{first - 1}"
+                                                                                   if first else "") + " frozen"
+    if not training.uses_hidden_state_cache:
+        return f"{trained}, run every step"
+    size = sum(estimated_bytes(split, prepared.model.backbone.config.hidden_size) for split in prepared.tokenized.values())
+    return (f"{trained}; the hidden states entering layer {first} computed once and cached in "
+            f"{prepared.config.output.cache_dir}: about {size / 2**20:,.0f} MiB on disk")
 
 
 def token_lengths(prepared: PreparedRun) -> dict[str, dict[str, float]]:
@@ -247,15 +278,15 @@ def execute(prepared: PreparedRun, run: "RunFolder", checkpoint: dict[str, Any] 
     label_names, training = prepared.splits.label_names, prepared.config.training
     state = TrainingState.start(model, training, len(prepared.splits.train), device, precision)
     with run.recording(state, resuming=checkpoint is not None):
-        check_memory(prepared, run.metrics)
         head_before = snapshot(model.head)  # the seeded initial head, also when resuming
         train_split, val_split, test_split = training_inputs(prepared, run.metrics)
+        check_memory(prepared, train_split, run.metrics)
         if checkpoint is not None:
             restore_resume_checkpoint(checkpoint, model, state, run.path)
         train_model(model, train_split, val_split, label_names, config, device, precision, state, run)
         run.save_model(artifacts.FINAL_MODEL_FILE, state.history[-1].epoch, state.step)
         proof = build_freeze_proof(prepared.backbone_before, head_before, model.backbone, model.head,
-                                   training.freeze_backbone)
+                                   training.freeze_backbone, prepared.first_trained_layer)
         run.write_freeze_proof(proof)
         run.load_best_model(model)  # test once, with the best checkpoint
         test_metrics = evaluate(model, test_split, label_names, training.eval_batch_size, device, precision)
@@ -263,16 +294,17 @@ def execute(prepared: PreparedRun, run: "RunFolder", checkpoint: dict[str, Any] 
     return run.path
 
 
-def check_memory(prepared: PreparedRun, metrics: RunMetrics) -> None:
+def check_memory(prepared: PreparedRun, train: InputSplit, metrics: RunMetrics) -> None:
     """Stop before training when the heaviest step is predicted not to fit (the preflight goes into metrics).
 
     With the feature cache the heaviest step is extraction, whose first batch is its longest: it fails fast by
-    itself, and a cache hit needs no backbone pass at all.
+    itself, and a cache hit needs no backbone pass at all. Extracting cached hidden states fails as fast; the
+    preflight then tries a training step on them.
     """
     if prepared.uses_feature_cache:
         return
-    preflight = run_preflight(prepared.model, prepared.tokenized["train"], prepared.config, prepared.device,
-                              prepared.precision, uses_feature_cache=False)
+    preflight = run_preflight(prepared.model, train, prepared.config, prepared.device, prepared.precision,
+                              uses_feature_cache=False)
     metrics.preflight = preflight.as_dict()
     log_event("preflight", **metrics.preflight)
     check_fits(preflight, prepared.config)
@@ -424,26 +456,29 @@ class RunFolder:
     def model_payload(self, epoch: int, step: int) -> dict[str, Any]:
         prepared = self.prepared
         return artifacts.checkpoint_payload(prepared.model, prepared.splits.label_names, prepared.config, epoch, step,
-                                            prepared.backbone_sha256)
+                                            prepared.backbone_before.hashes)
 
 
 @distributed.main_process_only
 def new_run_dir(config: Config, model: TextClassifier) -> Path:
     """Check the disk has room for the checkpoints, make the folder, write config.json into it."""
-    artifacts.check_free_space(config.output.artifacts_root, artifacts.expected_artifact_bytes(
-        model, backbone_included=not config.training.freeze_backbone))
+    artifacts.check_free_space(config.output.artifacts_root, artifacts.expected_artifact_bytes(model, config))
     run_dir = artifacts.create_run_dir(config.output.artifacts_root)
     files.write_json(run_dir / artifacts.CONFIG_FILE, config.to_plain())
     return run_dir
 
 
-def training_inputs(prepared: PreparedRun, metrics: RunMetrics) -> list[TokenizedSplit] | list[FeatureSplit]:
-    """train, val and test as the training loop takes them: cached features with a frozen backbone (the cache's
-    status per split goes into metrics), token ids otherwise."""
-    if not prepared.uses_feature_cache:
+def training_inputs(prepared: PreparedRun, metrics: RunMetrics) -> list[InputSplit]:
+    """train, val and test as the training loop takes them: cached features with a frozen backbone, cached hidden
+    states with train_top_layers (the cache's status per split goes into metrics), token ids otherwise."""
+    if prepared.uses_feature_cache:
+        inputs = cached_feature_splits(prepared)
+        metrics.feature_cache = {name: status for name, (_, status) in inputs.items()}
+    elif prepared.config.training.uses_hidden_state_cache:
+        inputs = cached_hidden_state_splits(prepared)
+        metrics.hidden_state_cache = {name: status for name, (_, status) in inputs.items()}
+    else:
         return [prepared.tokenized[name] for name in SPLIT_NAMES]
-    inputs = cached_feature_splits(prepared)
-    metrics.feature_cache = {name: status for name, (_, status) in inputs.items()}
     return [inputs[name][0] for name in SPLIT_NAMES]
 
 
@@ -459,6 +494,20 @@ def cached_feature_splits(prepared: PreparedRun) -> dict[str, tuple[FeatureSplit
         split = prepared.tokenized[name]
         log_event("feature_cache", split=name, status=status, examples=len(split), path=path)
         result[name] = (FeatureSplit(features, torch.tensor(split.labels), split.lengths), status)
+    return result
+
+
+def cached_hidden_state_splits(prepared: PreparedRun) -> dict[str, tuple[HiddenStateSplit, str]]:
+    """Each split's hidden states entering the first trained layer, from the cache or computed once."""
+    config, result = prepared.config, {}
+    for name, split in prepared.tokenized.items():
+        key = hidden_state_key(split, config.model.backbone, prepared.backbone_sha256, prepared.first_trained_layer,
+                               prepared.precision, prepared.device)
+        states, status, path = cached_hidden_states(prepared.model, split, key, Path(config.output.cache_dir),
+                                                    config.training.eval_batch_size, prepared.device, prepared.precision)
+        log_event("hidden_state_cache", split=name, status=status, examples=len(split), layer=key["layer"],
+                  mib=states.states.nbytes / 2**20, path=path)
+        result[name] = (states, status)
     return result
 
 

@@ -47,6 +47,7 @@ class RunMetrics(BaseModel):
     data_files: dict[str, Any] | None = None  # split -> {path, sha256}, None for a split carved from train
     data_sources: dict[str, str] | None = None  # split -> how its file was chosen, in words
     feature_cache: dict[str, str] | None = None  # split -> hit | miss (frozen backbone only)
+    hidden_state_cache: dict[str, str] | None = None  # split -> hit | miss (train_top_layers only)
     # the setup
     seed: int | None = None
     config_hash: str | None = None

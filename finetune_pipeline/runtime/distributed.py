@@ -134,6 +134,12 @@ def all_sum(values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+def barrier() -> None:
+    """Every process waits here until all have arrived."""
+    if _world.distributed:
+        dist.barrier()
+
+
 def broadcast_from_main(value: object) -> object:
     if not _world.distributed:
         return value

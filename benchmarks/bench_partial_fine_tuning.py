@@ -1,0 +1,106 @@
+"""Between frozen and full: the top layers on cached hidden states (E) and LoRA (F) against full fine-tuning (D).
+
+    python benchmarks/bench_partial_fine_tuning.py [--runs D,E1,E2,E2-warm,F8] [--epochs 1] [--report PATH]
+
+Every run is a fresh process (`finetune train`) on the default dataset (`finetune prepare-data` first), side by
+side in one invocation, with D's batch profile (batch 4 x accumulation 2) and encoder learning rate 1e-5, in a
+throw-away cache and artifacts folder. Per run it prints:
+- the epoch's training time (metrics.json history train_time_s: the optimizer steps alone, no validation) and
+  its ratio to D's;
+- for E, the one-off extraction of the hidden states (train.log `hidden_state_extraction` lines), stated apart,
+  and whether the warm rerun ran any lower layer (it must not: every split a cache hit, no extraction line);
+- trainable parameters, the optimizer state they need (AdamW: two float32 moments each), peak RSS;
+- best val and test accuracy.
+The targets (issue 20): top-1 epoch <= 0.3x and top-2 <= 0.5x of full fine-tuning's.
+"""
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+D_PROFILE = {"training.freeze_backbone": False, "training.batch_size": 4, "training.gradient_accumulation_steps": 2,
+             "training.encoder_learning_rate": 1e-5}
+RUNS: dict[str, dict[str, Any]] = {
+    "A": {"training.freeze_backbone": True},
+    "D": D_PROFILE,
+    "E1": {**D_PROFILE, "training.train_top_layers": 1},
+    "E1-warm": {**D_PROFILE, "training.train_top_layers": 1},
+    "E2": {**D_PROFILE, "training.train_top_layers": 2},
+    "E2-warm": {**D_PROFILE, "training.train_top_layers": 2},
+    "E3": {**D_PROFILE, "training.train_top_layers": 3},
+    **{f"F{rank}": {**D_PROFILE, "model.lora": {"r": rank}} for rank in (4, 8, 16)},
+}
+
+
+def train(name: str, overrides: dict[str, Any], epochs: int, seed: int, work: Path) -> dict[str, Any]:
+    sets = {**overrides, "training.epochs": epochs, "seed": seed,
+            "output.artifacts_root": str(work / "artifacts" / name), "output.cache_dir": str(work / "cache")}
+    arguments = [part for key, value in sets.items() for part in ("--set", f"{key}={json.dumps(value)}")]
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "finetune_pipeline.cli", "train",
+                             "--config", "finetune_pipeline/configs/train_config.json", *arguments],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
+    run_dir = Path(next(line.split(": ", 1)[1] for line in result.stdout.splitlines()
+                        if line.startswith("run folder: ")))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    log = (run_dir / "train.log").read_text()
+    extraction = sum(float(field.split("=", 1)[1]) for line in log.splitlines() if "event=hidden_state_extraction" in line
+                     for field in line.split() if field.startswith("seconds="))
+    epoch_seconds = [epoch["train_time_s"] for epoch in metrics["history"]]
+    return {"name": name, "command_s": time.perf_counter() - started, "epoch_train_s": sum(epoch_seconds) / len(epoch_seconds),
+            "extraction_s": extraction, "hidden_state_cache": metrics.get("hidden_state_cache"),
+            "trainable": metrics["parameters"]["trainable"],
+            "optimizer_state_mib": metrics["parameters"]["trainable"] * 2 * 4 / 2**20,
+            "peak_rss_mib": metrics["peak_memory_mb"]["process_rss"], "best_val": metrics["best_val_score"],
+            "test": metrics["test_score"], "precision": metrics["mixed_precision"]["used"]}
+
+
+def report(rows: list[dict[str, Any]], epochs: int, seed: int) -> str:
+    reference = next((row["epoch_train_s"] for row in rows if row["name"] == "D"), None)
+    lines = [f"# Partial fine-tuning, {date.today().isoformat()}, {platform.processor() or platform.machine()}, "
+             f"{epochs} epoch(s), seed {seed}, precision used {rows[0]['precision']}", "",
+             "| run | epoch (training) s | x D | extraction s | cache | trainable | AdamW state MiB | peak RSS MiB | "
+             "best val | test | process s |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        ratio = f"{row['epoch_train_s'] / reference:.2f}" if reference else "—"
+        cache = ",".join(sorted(set((row["hidden_state_cache"] or {}).values()))) or "—"
+        lines.append(f"| {row['name']} | {row['epoch_train_s']:.1f} | {ratio} | {row['extraction_s']:.1f} | {cache} | "
+                     f"{row['trainable']:,} | {row['optimizer_state_mib']:.1f} | {row['peak_rss_mib']:,.0f} | "
+                     f"{row['best_val']:.4f} | {row['test']:.4f} | {row['command_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="A,D,E1,E1-warm,E2,E2-warm", help=f"comma-separated, of {', '.join(RUNS)}")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--report", type=Path, help="also write the table there")
+    arguments = parser.parse_args()
+    names = arguments.runs.split(",")
+    unknown = [name for name in names if name not in RUNS]
+    if unknown:
+        raise SystemExit(f"--runs: unknown {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+    with tempfile.TemporaryDirectory() as work:
+        rows = []
+        for name in names:
+            rows.append(train(name, RUNS[name], arguments.epochs, arguments.seed, Path(work)))
+            print(json.dumps(rows[-1]), flush=True)
+    table = report(rows, arguments.epochs, arguments.seed)
+    print(table)
+    if arguments.report:
+        arguments.report.write_text(table, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
