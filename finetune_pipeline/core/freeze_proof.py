@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from finetune_pipeline.core.model import TextClassifier
+
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
     raw_bytes = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
@@ -29,10 +31,11 @@ class Snapshot:
     original: Callable[[], Mapping[str, torch.Tensor]]
 
 
-def snapshot(module: nn.Module, reload_original: Callable[[], Mapping[str, torch.Tensor]] | None = None) -> Snapshot:
-    """Hash every tensor; keep a copy of the weights unless reload_original can read them again."""
-    state = module.state_dict()
-    hashes = tensor_hashes(module)
+def snapshot(tensors: nn.Module | Mapping[str, torch.Tensor],
+             reload_original: Callable[[], Mapping[str, torch.Tensor]] | None = None) -> Snapshot:
+    """Hash every tensor (of a module, or by name); keep a copy unless reload_original can read them again."""
+    state = tensors.state_dict() if isinstance(tensors, nn.Module) else tensors
+    hashes = {name: tensor_sha256(tensor) for name, tensor in state.items()}
     if reload_original is None:
         copy = {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
         reload_original = lambda: copy  # noqa: E731
@@ -52,8 +55,7 @@ def fingerprint_of(hashes: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def tensor_changes(before: Snapshot, module: nn.Module) -> dict[str, Any]:
-    after = module.state_dict()
+def tensor_changes(before: Snapshot, after: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     after_hashes = {name: tensor_sha256(tensor) for name, tensor in after.items()}
     changed = [name for name in after if after_hashes[name] != before.hashes[name]]
     original = before.original() if changed else {}
@@ -122,29 +124,37 @@ NOT_LOADED = ("not loaded: every split's features came from the feature cache, s
 def build_freeze_proof(
     backbone_before: Snapshot,
     head_before: Snapshot,
-    backbone: nn.Module | None,
-    head: nn.Module,
+    adapters_before: Snapshot,
+    model: TextClassifier,
     freeze_backbone: bool,
     first_trained_layer: int | None = None,
 ) -> dict[str, Any]:
-    """backbone is None when the run never loaded it; backbone_before then holds its remembered hashes.
+    """model.backbone is None when the run never loaded it; backbone_before then holds its remembered hashes.
     first_trained_layer: with train_top_layers, the layers from there up train and everything below must not
-    change, each top layer must."""
+    change, each top layer must. adapters_before: the LoRA adapters as they started (none without LoRA); under
+    LoRA the backbone's own weights must not change at all, and every adapter tensor must."""
+    backbone = model.backbone
     if backbone is None:
         backbone_report = {"tensors_total": len(backbone_before.hashes), "tensors_changed": 0,
                            "max_abs_change": 0.0, "tensors": {}}
     else:
-        backbone_report = tensor_changes(backbone_before, backbone)
-    head_report = tensor_changes(head_before, head)
+        backbone_report = tensor_changes(backbone_before, model.base_state())
+    head_report = tensor_changes(head_before, model.head.state_dict())
+    adapter_report = tensor_changes(adapters_before, model.adapter_state()) if adapters_before.hashes else None
     backbone_changed = backbone_report["tensors_changed"] > 0
-    layers = layer_table(backbone_before.hashes, backbone_report, trained_parts(freeze_backbone, first_trained_layer))
-    if first_trained_layer is None:  # frozen must mean unchanged; trained must mean changed (else the lr did nothing)
+    lora = adapter_report is not None
+    layers = layer_table(backbone_before.hashes, backbone_report,
+                         trained_parts(freeze_backbone or lora, None if lora else first_trained_layer))
+    if lora:  # the weights frozen, the adapters trained
+        consistent = not backbone_changed and adapter_report["tensors_changed"] == adapter_report["tensors_total"]
+    elif first_trained_layer is None:  # frozen must mean unchanged; trained must mean changed (else the lr did nothing)
         consistent = backbone_changed != freeze_backbone
     else:  # each part as the config says: the top layers changed, the embeddings and the rest unchanged
         consistent = all((row["tensors_changed"] > 0) == row["trained"] for row in layers)
     return {
         "freeze_backbone": freeze_backbone,
         "first_trained_layer": first_trained_layer,
+        "lora": lora,
         "backbone_changed": backbone_changed,
         "consistent_with_config": consistent,
         "head_changed": head_report["tensors_changed"] > 0,
@@ -157,8 +167,11 @@ def build_freeze_proof(
             else sum(p.numel() for p in backbone.parameters() if p.requires_grad),
             "head_tensors_changed": head_report["tensors_changed"],
             "head_max_abs_change": head_report["max_abs_change"],
+            **({"adapter_tensors_total": adapter_report["tensors_total"],
+                "adapter_tensors_changed": adapter_report["tensors_changed"]} if lora else {}),
         },
         "layers": layers,
+        **({"adapter_tensors": adapter_report["tensors"]} if lora else {}),
         "backbone_tensors": backbone_report["tensors"],
         "head_tensors": head_report["tensors"],
     }

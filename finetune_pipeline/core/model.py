@@ -13,11 +13,14 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
-from finetune_pipeline.core.config import DEFAULT_BACKBONE, ModelConfig
+from finetune_pipeline.core.config import DEFAULT_BACKBONE, Config, LoraSettings, ModelConfig
 from finetune_pipeline.errors import UserInputError
 
 if TYPE_CHECKING:  # importing transformers' model code takes seconds; a fully cached run never needs it
     from transformers import PreTrainedModel
+
+
+LORA_MARK = "lora_"  # in the names of peft's adapter tensors: ...query.lora_A.default.weight
 
 
 def resolve_backbone(backbone: str) -> str:
@@ -188,6 +191,47 @@ class TextClassifier(nn.Module):
             module.eval()  # model.train() must not switch a frozen module's dropout back on
         return self
 
+    def add_lora(self, settings: LoraSettings, first_trained_layer: int | None) -> None:
+        """LoRA adapters (peft) on the settings' target modules of the layers that train (all, or those from
+        first_trained_layer up); peft leaves the adapters alone trainable in the backbone."""
+        from peft import LoraConfig, inject_adapter_in_model
+        from peft.utils.error import NoMatchingPeftModuleError
+
+        layers = None if first_trained_layer is None else list(
+            range(first_trained_layer, len(encoder_layers(self.backbone))))
+        try:
+            inject_adapter_in_model(LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                                               target_modules=list(settings.target_modules),
+                                               layers_to_transform=layers,
+                                               layers_pattern=None if layers is None else "layer"), self.backbone)
+        except NoMatchingPeftModuleError:
+            raise UserInputError(f"model.lora.target_modules: none of {settings.target_modules} is a layer of the "
+                                 f"backbone ({type(self.backbone).__name__}); BERT-like encoders have query, key, "
+                                 "value and dense") from None
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA tensors of the backbone, by name (none without model.lora)."""
+        if self.backbone is None:
+            return {}
+        return {name: tensor for name, tensor in self.backbone.state_dict().items() if LORA_MARK in name}
+
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """The backbone's own tensors under their pretrained names: under LoRA, peft moves each adapted layer's
+        weight to <layer>.base_layer.weight; this undoes the renaming and leaves the adapters out."""
+        return {name.replace(".base_layer.", "."): tensor for name, tensor in self.backbone.state_dict().items()
+                if LORA_MARK not in name}
+
+    def merge_lora(self) -> None:
+        """Fold each adapter into its layer's weight (W + alpha / r B A) and put the plain layer back: the backbone
+        is then an ordinary transformers model again, with the same outputs."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name, module in list(self.backbone.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+                parent, _, child = name.rpartition(".")
+                setattr(self.backbone.get_submodule(parent), child, module.get_base_layer())
+
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled sentence features, (batch, hidden)."""
         if self.backbone is None:
@@ -234,10 +278,15 @@ class TextClassifier(nn.Module):
         return self.head(features)
 
 
-def build_model(config: ModelConfig, num_labels: int) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
-    """The model with its pretrained backbone, and its tokenizer (to load a trained run's weights into)."""
-    tokenizer, backbone_config = load_tokenizer(config.backbone)
-    return TextClassifier(load_backbone(config.backbone), backbone_config, config, num_labels), tokenizer
+def build_model(config: Config, num_labels: int) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
+    """The model with its pretrained backbone (and its LoRA adapters, where the run had them), and its tokenizer:
+    to load a trained run's weights into."""
+    tokenizer, backbone_config = load_tokenizer(config.model.backbone)
+    model = TextClassifier(load_backbone(config.model.backbone), backbone_config, config.model, num_labels)
+    if config.model.lora is not None:
+        model.add_lora(config.model.lora, first_trained_layer(config.training.train_top_layers, backbone_config,
+                                                              config.model.backbone))
+    return model, tokenizer
 
 
 def count_parameters(model: TextClassifier, unloaded_backbone_parameters: int = 0) -> dict[str, int]:

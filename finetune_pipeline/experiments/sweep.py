@@ -1,7 +1,7 @@
 """Sweeps: one base config, a list or grid of changes, run one after another with the same seed(s).
 
-A sweep file is plain JSON that a student can read and copy (the guide's experiments A-D ship as
-finetune_pipeline/configs/experiments/A.json ... D.json):
+A sweep file is plain JSON that a student can read and copy (the guide's experiments A-F ship as
+finetune_pipeline/configs/experiments/A.json ... F.json):
 
     {
       "description": "C: head tuning",

@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.core.config import Config, config_from_dict
-from finetune_pipeline.core.freeze_proof import fingerprint_of, tensor_hashes
+from finetune_pipeline.core.freeze_proof import fingerprint_of, tensor_sha256
 from finetune_pipeline.core.model import TextClassifier, build_model
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.run_metrics import RunMetrics
@@ -77,12 +77,13 @@ def create_run_dir(root: str | Path, suffix: str = "") -> Path:
 
 
 def backbone_trained_whole(config: Config) -> bool:
-    return not config.training.freeze_backbone and config.training.train_top_layers is None
+    training = config.training
+    return not training.freeze_backbone and training.train_top_layers is None and config.model.lora is None
 
 
 def saved_state(model: TextClassifier, config: Config) -> dict[str, torch.Tensor]:
     """What a checkpoint holds: the whole model when the whole backbone trains, else the head and the backbone
-    tensors that train (the top layers of train_top_layers)."""
+    tensors that train (the top layers of train_top_layers, the adapters of LoRA)."""
     state = model.state_dict()
     if backbone_trained_whole(config):
         return state
@@ -132,7 +133,8 @@ def restore_weights(model: TextClassifier, payload: dict[str, Any], source: Path
     checkpoint is the one restoring it, with the same backbone fingerprint.
     """
     if not payload["backbone_included"] and model.backbone is not None:
-        loaded = left_out_sha256(tensor_hashes(model.backbone), payload["model_state"])
+        loaded = left_out_sha256({name: tensor_sha256(tensor) for name, tensor in model.base_state().items()},
+                                 payload["model_state"])
         if loaded != payload["backbone_sha256"]:
             raise UserInputError(
                 f"{source}: was saved without its frozen backbone '{payload['backbone']}' (weights sha256 "
@@ -158,7 +160,7 @@ def load_run(run_dir: str | Path, checkpoint: str = BEST_MODEL_FILE) -> LoadedRu
     run_dir = Path(run_dir)
     payload = load_checkpoint(run_dir / checkpoint)
     config = config_from_dict(payload["config"], source=str(run_dir / checkpoint))
-    model, tokenizer = build_model(config.model, num_labels=len(payload["label_names"]))
+    model, tokenizer = build_model(config, num_labels=len(payload["label_names"]))
     restore_weights(model, payload, run_dir / checkpoint)
     metrics_path = run_dir / METRICS_FILE
     metrics = RunMetrics.read(metrics_path) if metrics_path.exists() else RunMetrics()

@@ -167,6 +167,8 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
     else:
         if first_trained is not None:
             model.freeze_below(first_trained)
+        if config.model.lora is not None:  # after the head: its initial weights do not depend on LoRA
+            model.add_lora(config.model.lora, first_trained)
         if config.training.gradient_checkpointing:
             enable_activation_checkpointing(model.backbone)
     return PreparedRun(config, device, precision, splits, model.to(device), tokenized, backbone_before,
@@ -222,14 +224,17 @@ def dry_run(config: Config) -> dict[str, Any]:
 
 def describe_backbone_use(prepared: PreparedRun) -> str:
     """What trains, what is frozen and what is cached, in a line: 'frozen, features computed once and cached'."""
-    training, first = prepared.config.training, prepared.first_trained_layer
+    training, first, lora = prepared.config.training, prepared.first_trained_layer, prepared.config.model.lora
     if training.freeze_backbone:
         return "frozen, features computed once and cached" if training.uses_feature_cache else "frozen, run every step"
+    adapters = (f"LoRA adapters (r {lora.r}, alpha {lora.alpha:g}) on {', '.join(lora.target_modules)} of the "
+                f"{'top layers' if first is not None else 'layers'}, the backbone's own weights frozen"
+                if lora is not None else "")
     if first is None:
-        return "trained"
+        return adapters or "trained"
     layers = len(encoder_layers(prepared.model.backbone))
-    trained = f"layers {first}-{layers - 1} of {layers} trained, the embeddings" + (f" and layers 0-{first - 1}"
-                                                                                   if first else "") + " frozen"
+    trained = (f"layers {first}-{layers - 1} of {layers} trained" + (f" ({adapters})" if adapters else "")
+               + ", the embeddings" + (f" and layers 0-{first - 1}" if first else "") + " frozen")
     if not training.uses_hidden_state_cache:
         return f"{trained}, run every step"
     size = sum(estimated_bytes(split, prepared.model.backbone.config.hidden_size) for split in prepared.tokenized.values())
@@ -279,13 +284,14 @@ def execute(prepared: PreparedRun, run: "RunFolder", checkpoint: dict[str, Any] 
     state = TrainingState.start(model, training, len(prepared.splits.train), device, precision)
     with run.recording(state, resuming=checkpoint is not None):
         head_before = snapshot(model.head)  # the seeded initial head, also when resuming
+        adapters_before = snapshot(model.adapter_state())  # and the seeded initial LoRA adapters
         train_split, val_split, test_split = training_inputs(prepared, run.metrics)
         check_memory(prepared, train_split, run.metrics)
         if checkpoint is not None:
             restore_resume_checkpoint(checkpoint, model, state, run.path)
         train_model(model, train_split, val_split, label_names, config, device, precision, state, run)
         run.save_model(artifacts.FINAL_MODEL_FILE, state.history[-1].epoch, state.step)
-        proof = build_freeze_proof(prepared.backbone_before, head_before, model.backbone, model.head,
+        proof = build_freeze_proof(prepared.backbone_before, head_before, adapters_before, model,
                                    training.freeze_backbone, prepared.first_trained_layer)
         run.write_freeze_proof(proof)
         run.load_best_model(model)  # test once, with the best checkpoint

@@ -39,6 +39,8 @@ def export_run(run_dir: Path, export_format: str = "hf", checkpoint: str = "best
     run_dir = Path(run_dir)
     check_completed(run_dir)
     run = artifacts.load_run(run_dir, CHECKPOINTS[checkpoint])
+    if run.config.model.lora is not None:
+        run.model.merge_lora()  # plain weights (W + alpha / r B A): transformers and onnxruntime load them as they are
     source = {"run_dir": run_dir.name, "checkpoint": CHECKPOINTS[checkpoint]}
     run_config_file = files.read_json_object(run_dir / artifacts.CONFIG_FILE)  # for the model card, as it is
     writers = {HF_DIR: lambda folder: hf_folder.write_hf_folder(run, folder, source, run_config_file),

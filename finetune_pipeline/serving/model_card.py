@@ -14,6 +14,7 @@ from typing import Any
 
 from huggingface_hub import ModelCardData, metadata_load, try_to_load_from_cache
 
+from finetune_pipeline.core.config import Config
 from finetune_pipeline.core.model import resolve_backbone
 from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, LoadedRun
 from finetune_pipeline.runs.run_metrics import RunMetrics
@@ -56,7 +57,7 @@ def model_card(run: LoadedRun, source: dict[str, str], run_config_file: dict[str
         "## Results",
         results(metrics, source["checkpoint"]),
         "## Training",
-        training(metrics, config.training.freeze_backbone),
+        training(metrics, backbone_training(config)),
         "Effective config (the run's config.json):",
         f"```json\n{json.dumps(run_config_file, indent=2, ensure_ascii=False)}\n```",
         "## Limitations",
@@ -118,14 +119,26 @@ def results(metrics: RunMetrics, checkpoint: str) -> str:
     return "\n".join(lines)
 
 
-def training(metrics: RunMetrics, frozen: bool) -> str:
+def backbone_training(config: Config) -> str:
+    """How the backbone was trained, in words."""
+    lora, top = config.model.lora, config.training.train_top_layers
+    if config.training.freeze_backbone:
+        return "frozen (only the head was trained)"
+    where = f"the top {top} layers" if top is not None else "every layer"
+    if lora is not None:
+        return (f"LoRA adapters (r {lora.r}, alpha {lora.alpha:g}, on {', '.join(lora.target_modules)}) of {where} "
+                "trained with the head, the pretrained weights frozen; the adapters are merged into these weights")
+    return "fine-tuned with the head" if top is None else f"{where} fine-tuned with the head, the rest frozen"
+
+
+def training(metrics: RunMetrics, backbone: str) -> str:
     precision = metrics.mixed_precision or {}
     reason = f" ({precision['reason']})" if precision["reason"] else ""
     return "\n".join([
         f"- device: {metrics.device}",
         f"- precision: {precision['requested']} requested, {precision['used']} used{reason}. The exported weights "
         "are float32, as the run's checkpoints are: run in float32, they give the run's probabilities within 1e-5",
-        f"- backbone: {'frozen (only the head was trained)' if frozen else 'fine-tuned with the head'}",
+        f"- backbone: {backbone}",
         f"- epochs: {len(metrics.history)}, effective batch size {metrics.effective_batch_size}, seed "
         f"{metrics.seed}",
     ])
