@@ -30,15 +30,18 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 D_PROFILE = {"training.freeze_backbone": False, "training.batch_size": 4, "training.gradient_accumulation_steps": 2,
              "training.encoder_learning_rate": 1e-5}
+# the presets' learning rates: E's and F's chosen on val (see configs/experiments/E.json and F.json)
+E_PROFILE = {**D_PROFILE, "training.encoder_learning_rate": 3e-4}
+F_PROFILE = {**D_PROFILE, "training.encoder_learning_rate": 5e-4}
 RUNS: dict[str, dict[str, Any]] = {
     "A": {"training.freeze_backbone": True},
     "D": D_PROFILE,
-    "E1": {**D_PROFILE, "training.train_top_layers": 1},
-    "E1-warm": {**D_PROFILE, "training.train_top_layers": 1},
-    "E2": {**D_PROFILE, "training.train_top_layers": 2},
-    "E2-warm": {**D_PROFILE, "training.train_top_layers": 2},
-    "E3": {**D_PROFILE, "training.train_top_layers": 3},
-    **{f"F{rank}": {**D_PROFILE, "model.lora": {"r": rank}} for rank in (4, 8, 16)},
+    "E1": {**E_PROFILE, "training.train_top_layers": 1},
+    "E1-warm": {**E_PROFILE, "training.train_top_layers": 1},
+    "E2": {**E_PROFILE, "training.train_top_layers": 2},
+    "E2-warm": {**E_PROFILE, "training.train_top_layers": 2},
+    "E3": {**E_PROFILE, "training.train_top_layers": 3},
+    **{f"F{rank}": {**F_PROFILE, "model.lora.r": rank} for rank in (4, 8, 16)},
 }
 
 
