@@ -1,11 +1,12 @@
 """Between frozen and full: the top layers on cached hidden states (E) and LoRA (F) against full fine-tuning (D).
 
     python benchmarks/bench_partial_fine_tuning.py [--runs D,E1,E2,E2-warm,F8] [--epochs 1] [--seed 42]
-        [--set KEY=VALUE ...] [--report PATH]
+        [--set KEY=VALUE ...] [--float32-states] [--report PATH]
 
 Every run is a fresh process (`finetune train`) on the default dataset (`finetune prepare-data` first), side by
-side in one invocation, with D's batch profile (batch 4 x accumulation 2) and encoder learning rate 1e-5, in a
-throw-away cache and artifacts folder. Per run it prints:
+side in one invocation, with D's batch profile (batch 4 x accumulation 2) and each preset's encoder learning rate
+(D 1e-5, the best of its grid; E 3e-4 and F 5e-4, chosen on val), in a throw-away cache and artifacts folder. Per
+run it prints:
 - the epoch's training time (metrics.json history train_time_s: the optimizer steps alone, no validation) and
   its ratio to D's;
 - for E, the one-off extraction of the hidden states (train.log `hidden_state_extraction` lines), stated apart,
@@ -13,6 +14,7 @@ throw-away cache and artifacts folder. Per run it prints:
 - trainable parameters, the optimizer state they need (AdamW: two float32 moments each), peak RSS;
 - best val and test accuracy.
 --set changes every run (e.g. training.encoder_learning_rate=1e-4, to find E's or F's learning rate).
+--float32-states stores E's hidden states in float32 instead of float16: what the smaller storage costs in scores.
 The targets (issue 20): top-1 epoch <= 0.3x and top-2 <= 0.5x of full fine-tuning's.
 """
 
@@ -45,12 +47,20 @@ RUNS: dict[str, dict[str, Any]] = {
 }
 
 
-def train(name: str, overrides: dict[str, Any], epochs: int, seed: int, work: Path) -> dict[str, Any]:
+# `finetune train` with the hidden-state cache's storage type set to float32 first
+FLOAT32_STATES = ("import sys, numpy; from finetune_pipeline.core import hidden_state_cache; "
+                  "hidden_state_cache.STORAGE_DTYPE = numpy.float32; from finetune_pipeline.cli import main; "
+                  "sys.exit(main(sys.argv[1:]))")
+
+
+def train(name: str, overrides: dict[str, Any], epochs: int, seed: int, work: Path,
+          float32_states: bool = False) -> dict[str, Any]:
     sets = {**overrides, "training.epochs": epochs, "seed": seed,
             "output.artifacts_root": str(work / "artifacts" / name), "output.cache_dir": str(work / "cache")}
     arguments = [part for key, value in sets.items() for part in ("--set", f"{key}={json.dumps(value)}")]
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "finetune_pipeline.cli", "train",
+    entry = ["-c", FLOAT32_STATES] if float32_states else ["-m", "finetune_pipeline.cli"]
+    result = subprocess.run([sys.executable, *entry, "train",
                              "--config", "finetune_pipeline/configs/train_config.json", *arguments],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
@@ -92,6 +102,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every run (JSON value)")
+    parser.add_argument("--float32-states", action="store_true", help="E's hidden states in float32, not float16")
     parser.add_argument("--report", type=Path, help="also write the table there")
     arguments = parser.parse_args()
     names = arguments.runs.split(",")
@@ -102,7 +113,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         rows = []
         for name in names:
-            rows.append(train(name, {**RUNS[name], **extra}, arguments.epochs, arguments.seed, Path(work)))
+            rows.append(train(name, {**RUNS[name], **extra}, arguments.epochs, arguments.seed, Path(work),
+                              arguments.float32_states))
             print(json.dumps(rows[-1]), flush=True)
     table = report(rows, arguments.epochs, arguments.seed, extra)
     print(table)

@@ -102,3 +102,26 @@ def test_the_dry_run_states_what_trains_and_the_cache_size(make_config):
     assert plan["backbone"].startswith("layers 1-1 of 2 trained, the embeddings and layers 0-0 frozen; the hidden "
                                        "states entering layer 1 computed once and cached in")
     assert "MiB on disk" in plan["backbone"]
+
+
+def test_compare_treats_the_top_layers_and_lora_as_factors(make_config, tmp_path):
+    from finetune_pipeline.experiments.compare import compare_runs
+
+    full = run_training(make_config(training={"freeze_backbone": False}))
+    top = run_training(make_config(training=TOP_ONE))
+    lora = run_training(make_config(training={"freeze_backbone": False}, model={"lora": {"r": 2}}))
+    rows = compare_runs([full, top, lora], tmp_path / "compare").rows
+    assert rows[1].differences == {"training.train_top_layers": (None, 1)}
+    assert rows[2].differences == {"model.lora": (None, {"r": 2, "alpha": 16, "dropout": 0.1,
+                                                         "target_modules": ["query", "value"]})}
+
+
+def test_export_rebuilds_the_whole_model_of_a_top_layers_run(make_config, tmp_path):
+    from finetune_pipeline.serving.export import export_run
+    from finetune_pipeline.serving.inference import predict_texts
+
+    run_dir = run_training(make_config(training=TOP_ONE))
+    texts = ["good good fine", "bad awful poor"]
+    folders = export_run(run_dir, "hf", "best", tmp_path / "export")
+    for ours, exported in zip(predict_texts(run_dir, texts), predict_texts(folders["hf"], texts), strict=True):
+        assert exported.probabilities == pytest.approx(ours.probabilities, abs=1e-5)

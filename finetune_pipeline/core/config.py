@@ -271,10 +271,10 @@ def key_table() -> str:
             if isinstance(annotation, type) and issubclass(annotation, BaseModel) and field.description is None:
                 visit(annotation, f"{prefix}{name}.")  # a section: data, model, training, output
                 continue
-            optional = [kind for kind in getattr(annotation, "__args__", ()) if kind is not type(None)]
-            if len(optional) == 1 and isinstance(optional[0], type) and issubclass(optional[0], BaseModel):
+            block = optional_block(annotation)
+            if block is not None:
                 rows.append(f"| `{prefix}{name}` | `null` | {field.description} |")  # an optional block: model.lora
-                visit(optional[0], f"{prefix}{name}.")
+                visit(block, f"{prefix}{name}.")
                 continue
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):  # per-split overrides
                 keys = ",".join(next(iter(annotation.model_fields.values())).annotation.model_fields)
@@ -285,6 +285,23 @@ def key_table() -> str:
 
     visit(Config, "")
     return "\n".join(rows)
+
+
+def optional_block(annotation: Any) -> type[BaseModel] | None:
+    """The settings class of a key that is either null or a block of settings (model.lora), else None."""
+    kinds = [kind for kind in getattr(annotation, "__args__", ()) if kind is not type(None)]
+    return kinds[0] if len(kinds) == 1 and isinstance(kinds[0], type) and issubclass(kinds[0], BaseModel) else None
+
+
+def optional_blocks(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """The dotted keys of every optional block: switching one on, or changing its settings, is one change."""
+    found = []
+    for name, field in (model or Config).model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += optional_blocks(field.annotation, f"{prefix}{name}.")
+        elif optional_block(field.annotation) is not None:
+            found.append(f"{prefix}{name}")
+    return found
 
 
 def markdown_value(value: Any) -> str:

@@ -11,8 +11,9 @@ How it is stored: each split is one entry folder holding
     entry.json   the key, the shapes and the sha256 of states.npy, checked on every read
 No padding is stored (texts vary from a few tokens to max_length), and float16 halves float32's size; both
 files are memory-mapped, so a batch reads just its rows and RAM never holds a split. float16 keeps 11 bits of
-each value (the lower layers' output is LayerNorm'ed, |x| < 100 for MiniLM); benchmarks/bench_top_layers.py
-measures that the scores stay within seed noise of a run without the cache.
+each value (the lower layers' output is LayerNorm'ed, |x| < 100 for MiniLM): `python
+benchmarks/bench_partial_fine_tuning.py --runs E2 --float32-states` measured scores within seed noise of float32
+storage (benchmarks/README.md).
 """
 
 import hashlib
