@@ -180,6 +180,7 @@ class TextClassifier(nn.Module):
         self.freeze([self.backbone.embeddings, *layers[:first_trained_layer]])
 
     def freeze(self, modules: list[nn.Module]) -> None:
+        """No gradients for these modules, and eval mode, which train() keeps."""
         for module in modules:
             module.requires_grad_(False)
             module.eval()
