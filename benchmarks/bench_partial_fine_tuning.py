@@ -29,6 +29,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from finetune_pipeline.runtime.run_log import read_events
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 D_PROFILE = {"training.freeze_backbone": False, "training.batch_size": 4, "training.gradient_accumulation_steps": 2,
              "training.encoder_learning_rate": 1e-5}
@@ -68,9 +70,7 @@ def train(name: str, overrides: dict[str, Any], epochs: int, seed: int, work: Pa
     run_dir = Path(next(line.split(": ", 1)[1] for line in result.stdout.splitlines()
                         if line.startswith("run folder: ")))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    log = (run_dir / "train.log").read_text()
-    extraction = sum(float(field.split("=", 1)[1]) for line in log.splitlines() if "event=hidden_state_extraction" in line
-                     for field in line.split() if field.startswith("seconds="))
+    extraction = sum(float(event["seconds"]) for event in read_events(run_dir / "train.log", "hidden_state_extraction"))
     epoch_seconds = [epoch["train_time_s"] for epoch in metrics["history"]]
     return {"name": name, "command_s": time.perf_counter() - started, "epoch_train_s": sum(epoch_seconds) / len(epoch_seconds),
             "extraction_s": extraction, "hidden_state_cache": metrics.get("hidden_state_cache"),

@@ -16,6 +16,7 @@ TrainingDiverged are subclasses of it); nothing here exits the process.
 from __future__ import annotations  # Data and RunLike name pandas and datasets types without importing them
 
 import base64
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
@@ -75,7 +76,7 @@ class Run:
     metrics: dict[str, Any]  # metrics.json's keys and values, as the guide describes them
     config: Config
 
-    @property
+    @functools.cached_property  # works on a frozen dataclass: it writes the instance's __dict__ directly
     def measured(self) -> RunMetrics:
         """metrics as the typed record the package itself reads."""
         return RunMetrics.model_validate(self.metrics)

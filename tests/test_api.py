@@ -251,3 +251,10 @@ def test_the_api_names_are_functions_and_the_modules_live_in_their_subpackages()
 
     assert callable(ft.compare) and callable(ft.sweep) and callable(ft.train)
     assert hasattr(finetune_pipeline.experiments.sweep, "load_sweep")
+
+def test_importing_the_package_api_does_not_load_transformers_model_code():
+    # a run on cached features never needs it (seconds of imports); the exported model's code loads on export
+    script = ("import sys; import finetune_pipeline as ft; ft.train; "
+              "print('model code imported:', 'transformers.modeling_utils' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert "model code imported: False" in result.stdout

@@ -39,6 +39,12 @@ def test_the_delimiter_is_detected_from_the_header(tmp_path, delimiter):
     assert read(path) == ROWS
 
 
+def test_a_tsv_file_is_tab_separated_whatever_data_delimiter_says(tmp_path):
+    path = tmp_path / "val.tsv"
+    path.write_text(delimited(ROWS, "\t"), encoding="utf-8")
+    assert read(path, "val", delimiter=";") == ROWS
+
+
 def test_a_russian_locale_spreadsheet_export_reads_with_its_encoding(tmp_path):
     """';' between fields, Windows-1251 bytes, CRLF: what a spreadsheet in a Russian locale saves as CSV."""
     path = tmp_path / "export.csv"
@@ -125,14 +131,14 @@ def test_excel_first_sheet_with_a_header_row(tmp_path):
     for text, label in ROWS:
         sheet.append([text, label])
     sheet.append([42, "хорошо"])  # a number typed into the text column is read as its text
-    sheet.append([None, None])  # an empty row at the end
+    sheet.append([None, None])  # an empty row (row 7): skipped, and the rows after it keep their numbers
     workbook.create_sheet("notes").append(["ignored"])
     path = tmp_path / "train.xlsx"
     workbook.save(path)
     assert read(path) == [*ROWS, ("42", "хорошо")]
     sheet.append(["", "плохо"])
     workbook.save(path)
-    with pytest.raises(UserInputError, match=f"{path}, line 7, column 'text': empty text"):
+    with pytest.raises(UserInputError, match=f"{path}, line 8, column 'text': empty text"):
         read(path)  # rows are numbered as in the spreadsheet
 
 
@@ -174,6 +180,11 @@ def test_a_datasets_folder_trains_end_to_end(make_config, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["split_sizes"] == {"train": 48, "val": 16, "test": 16}
     assert len(metrics["data_files"]["val"]["sha256"]) == 64
+
+    from finetune_pipeline.serving.inference import evaluate_file  # a folder evaluates too, hashed like a run's data
+
+    scores, _ = evaluate_file(run_dir, f"{folder}@test", None, None, "folder")
+    assert scores["examples"] == 16 and scores["data_sha256"] == metrics["data_files"]["test"]["sha256"]
 
 
 @pytest.mark.parametrize("suffix, module", [(".parquet", "pyarrow.parquet"), (".xlsx", "openpyxl")])

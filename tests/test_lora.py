@@ -73,3 +73,17 @@ def test_lora_on_the_top_layers_trains_from_cached_hidden_states(make_config):
     assert proof["consistent_with_config"] is True
     assert {name.split(".")[2] for name in proof["adapter_tensors"]} == {"1"}  # layer 1 only
     assert "LoRA adapters (r 2, alpha 16) on query, value of the top layers" in dry_run(config)["backbone"]
+
+
+def test_a_from_run_sweep_reruns_a_lora_run_beside_one_without(make_config):
+    from finetune_pipeline.core.config import apply_overrides, config_from_dict
+    from finetune_pipeline.experiments.sweep import sweep_from_runs
+
+    plain = run_training(make_config(training={"freeze_backbone": False, "epochs": 1}))
+    lora = run_training(make_config(training={"freeze_backbone": False, "epochs": 1}, model={"lora": {"r": 2}}))
+    for first, second, expected in ((plain, lora, {"r": 2, "alpha": 16, "dropout": 0.1,
+                                                   "target_modules": ["query", "value"]}), (lora, plain, None)):
+        sweep = sweep_from_runs([first, second], [8], {})
+        assert sweep.members[1].overrides == {"model.lora": expected}  # one change, as --set applies it
+        member = config_from_dict(apply_overrides(sweep.base_config, sweep.members[1].overrides))
+        assert (None if member.model.lora is None else member.model.lora.model_dump()) == expected

@@ -386,20 +386,26 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'training': {'epochs': 3}} -> {'training.epochs': 3}."""
+def flatten(tree: dict[str, Any], prefix: str = "", keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """{'training': {'epochs': 3}} -> {'training.epochs': 3}; a dotted key in keep stays one value."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and f"{prefix}{key}" not in keep:
+            flat.update(flatten(value, f"{prefix}{key}.", keep))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
 
 
+def config_settings(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config (file or effective) as dotted keys, each optional block (model.lora) one value, null or its
+    settings: switching it on, or changing it, is one change, and --set KEY=VALUE applies it back."""
+    return flatten(tree, keep=frozenset(optional_blocks()))
+
+
 def changed_keys(config: Config, reference: Config) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ: {key: (value in reference, value in config)}."""
-    return changed_values(flatten(reference.to_plain()), flatten(config.to_plain()))
+    return changed_values(config_settings(reference.to_plain()), config_settings(config.to_plain()))
 
 
 def changed_values(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -100,20 +100,25 @@ def layer_table(hashes: dict[str, str], report: dict[str, Any], trains: Callable
     for name in hashes:
         part = layer_of(name)
         row = rows.setdefault(part, {"part": part, "trained": trains(part), "tensors": 0, "tensors_changed": 0,
-                                     "max_abs_change": 0.0})
+                                     "max_abs_change": 0.0, "as_configured": True})
         entry = report["tensors"].get(name, {"changed": False, "max_abs_change": 0.0})
         row["tensors"] += 1
         row["tensors_changed"] += entry["changed"]
+        row["as_configured"] = (row["tensors_changed"] > 0) == row["trained"]  # a trained part changed, a frozen one not
         change = entry["max_abs_change"]
         row["max_abs_change"] = None if change is None or row["max_abs_change"] is None else max(
             row["max_abs_change"], change)
     return list(rows.values())
 
 
+UNUSED_PARTS = {"pooler"}  # BERT's pooler: our pooling never reads it, so no gradient reaches it in any mode
+
+
 def trained_parts(freeze_backbone: bool, first_trained_layer: int | None) -> Callable[[str], bool]:
-    """Which parts of the backbone the config trains: none, all, or the layers from first_trained_layer up."""
+    """Which parts of the backbone the config trains: none, all (but the unused pooler), or the layers from
+    first_trained_layer up."""
     if first_trained_layer is None:
-        return lambda part: not freeze_backbone
+        return lambda part: not freeze_backbone and part not in UNUSED_PARTS
     return lambda part: part.startswith("layer ") and int(part.removeprefix("layer ")) >= first_trained_layer
 
 
@@ -150,7 +155,7 @@ def build_freeze_proof(
     elif first_trained_layer is None:  # frozen must mean unchanged; trained must mean changed (else the lr did nothing)
         consistent = backbone_changed != freeze_backbone
     else:  # each part as the config says: the top layers changed, the embeddings and the rest unchanged
-        consistent = all((row["tensors_changed"] > 0) == row["trained"] for row in layers)
+        consistent = all(row["as_configured"] for row in layers)
     return {
         "freeze_backbone": freeze_backbone,
         "first_trained_layer": first_trained_layer,

@@ -142,7 +142,7 @@ def guess_legacy_encoding(raw: bytes) -> tuple[str, str]:
 def delimited_records(text: str, path: Path, columns: dict[str, str], settings: FileSettings,
                       delimiter: str | None) -> list[Record]:
     is_tsv = path.suffix.lower() == ".tsv"
-    if delimiter is None:
+    if is_tsv or delimiter is None:  # a .tsv is always tab-separated (config.py says so)
         delimiter = "\t" if is_tsv else detect_delimiter(text, columns)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
                         quoting=csv.QUOTE_NONE if is_tsv else csv.QUOTE_MINIMAL)
@@ -235,15 +235,16 @@ def jsonl_records(text: str, path: Path, columns: dict[str, str], settings: File
 
 
 def table_records(source: str | Path, names: list[str], column_values: dict[str, list[Any]],
-                  columns: dict[str, str], settings: FileSettings) -> list[Record]:
-    """Records from a table given as its column names and {column: values}; rows count from line 2."""
+                  columns: dict[str, str], settings: FileSettings, lines: list[int] | None = None) -> list[Record]:
+    """Records from a table given as its column names and {column: values}; lines: each row's number for
+    messages (default: counting from line 2, below the header)."""
     for role, column in columns.items():
         if column not in names:
             raise UserInputError(f"{source}: no {role} column '{column}'; columns found: {', '.join(names)}. "
                                  f"Set {settings.columns[role]}")
     rows = len(next(iter(column_values.values()), []))
-    records = [Record(index + 2, {role: column_values[column][index] for role, column in columns.items()})
-               for index in range(rows)]
+    records = [Record(lines[index] if lines else index + 2,
+                      {role: column_values[column][index] for role, column in columns.items()}) for index in range(rows)]
     if not records:
         raise UserInputError(f"{source}: has no rows; {settings.file} needs labelled examples")
     return records
@@ -275,12 +276,15 @@ def excel_records(path: Path, columns: dict[str, str], settings: FileSettings) -
     except Exception as err:  # openpyxl raises zipfile, KeyError and its own errors for a broken file
         raise UserInputError(f"{path}: not a readable .xlsx workbook ({type(err).__name__}: {err})") from None
     try:
-        rows = [list(row) for row in workbook.worksheets[0].iter_rows(values_only=True)]
+        numbered = list(enumerate(workbook.worksheets[0].iter_rows(values_only=True), start=1))
     finally:
         workbook.close()
-    rows = [row for row in rows if any(cell is not None and str(cell).strip() for cell in row)]
-    if not rows:
+    # blank rows go, but every message names the row number the spreadsheet shows
+    numbered = [(number, list(row)) for number, row in numbered
+                if any(cell is not None and str(cell).strip() for cell in row)]
+    if not numbered:
         raise UserInputError(f"{path}: the first sheet is empty; put a header row and the data there")
+    lines, rows = [number for number, _ in numbered[1:]], [row for _, row in numbered]
     header = ["" if cell is None else str(cell).strip() for cell in rows[0]]
     values = {name: [row[index] if index < len(row) else None for row in rows[1:]]
               for index, name in enumerate(header) if name}
@@ -288,7 +292,7 @@ def excel_records(path: Path, columns: dict[str, str], settings: FileSettings) -
     if text_column in values:  # a number typed into the text column is a text all the same
         values[text_column] = [value if value is None or isinstance(value, str) else str(value)
                                for value in values[text_column]]
-    return table_records(path, list(values), values, columns, settings)
+    return table_records(path, list(values), values, columns, settings, lines)
 
 
 def dataset_location(location: str) -> tuple[str, str | None]:
@@ -323,7 +327,7 @@ def load_dataset_split(location: str, role: str) -> Any:
     names = list(loaded)
     chosen = split or next((name for name in DEFAULT_DATASET_SPLITS[role] if name in loaded), None)
     if chosen not in loaded:
-        raise UserInputError(f"{location}: no split {chosen or 'for ' + role!r}; splits found: {', '.join(names)}. "
+        raise UserInputError(f"{location}: no split {repr(chosen) if chosen else 'for ' + role}; splits found: {', '.join(names)}. "
                              f"Name one as {base}@SPLIT")
     return loaded[chosen]
 

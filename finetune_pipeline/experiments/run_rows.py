@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_pipeline.core.config import FROZEN_BACKBONE_IGNORES, changed_values, flatten, optional_blocks
+from finetune_pipeline.core.config import FROZEN_BACKBONE_IGNORES, changed_values, config_settings
 from finetune_pipeline.experiments.stability import Stability, loss_stability
 from finetune_pipeline.runs import run_lock
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
@@ -65,14 +65,8 @@ def is_factor(key: str) -> bool:
 
 
 def flat_config(record: RunRecord) -> dict[str, Any]:
-    """config.json with dotted keys ({} when unreadable); an optional block (model.lora) stays one value, null or
-    its settings, so that switching it on is one factor."""
-    config = flatten(record.config or {})
-    for block in optional_blocks():
-        settings = {key.removeprefix(f"{block}."): config.pop(key) for key in list(config) if key.startswith(f"{block}.")}
-        if settings:
-            config[block] = settings
-    return config
+    """config.json as dotted keys ({} when unreadable); model.lora is one factor, null or its settings."""
+    return config_settings(record.config or {})
 
 
 def factors_of(record: RunRecord) -> dict[str, Any] | None:

@@ -28,7 +28,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_pipeline.core.config import apply_overrides, changed_values, config_from_dict, flatten, read_config_file
+from finetune_pipeline.core.config import (
+    apply_overrides,
+    changed_values,
+    config_from_dict,
+    config_settings,
+    read_config_file,
+)
 from finetune_pipeline.errors import OutOfMemory, UserInputError
 from finetune_pipeline.runs import artifacts
 from finetune_pipeline.runtime import files
@@ -99,10 +105,11 @@ def sweep_from_runs(run_dirs: list[Path], seeds: list[int] | None, extra_overrid
     configs = [read_config_file(run_config_file(run_dir)) for run_dir in run_dirs]
     base = configs[0]
     members = []
+    changed = f" with {member_name(extra_overrides)}" if extra_overrides else ""  # the name says what --set did
     for run_dir, config in zip(run_dirs, configs, strict=True):
-        differences = {key: new for key, (_, new) in changed_values(flatten(base), flatten(config)).items()
-                       if key != "seed" and key not in extra_overrides}
-        changed = f" with {member_name(extra_overrides)}" if extra_overrides else ""  # the name says what --set did
+        settings = changed_values(config_settings(base), config_settings(config))
+        differences = {key: new for key, (_, new) in settings.items()
+                       if key != "seed" and not overridden(key, extra_overrides)}
         members.append((f"{Path(run_dir).name}{changed}", differences, config.get("seed")))
     sweep = Sweep("from-run", ", ".join(map(str, run_dirs)), "the runs' own configs, rerun with other seeds",
                   apply_overrides(base, extra_overrides))
@@ -112,6 +119,11 @@ def sweep_from_runs(run_dirs: list[Path], seeds: list[int] | None, extra_overrid
     else:
         sweep.members = [Member(name, overrides, own_seed) for name, overrides, own_seed in members]
     return sweep
+
+
+def overridden(key: str, overrides: dict[str, Any]) -> bool:
+    """--set decides key: it sets key itself, or a part of it (model.lora.r within model.lora)."""
+    return any(name == key or name.startswith(f"{key}.") for name in overrides)
 
 
 def run_config_file(run_dir: Path) -> Path:

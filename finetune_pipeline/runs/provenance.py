@@ -15,7 +15,6 @@ from finetune_pipeline.core import readers
 from finetune_pipeline.core.config import DataConfig
 
 PACKAGE_NAME = "finetune-pipeline"
-CHUNK_BYTES = 1 << 20
 
 
 def data_fingerprints(data: DataConfig) -> dict[str, dict[str, str] | None]:

@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
-from finetune_pipeline.core.config import Config, flatten
+from finetune_pipeline.core.config import Config, config_settings
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, example_worth
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, FREEZE_PROOF_FILE, METRICS_FILE, REPORT_FILE
 from finetune_pipeline.runs.plots import plot_run_curves
@@ -197,8 +197,7 @@ def layers_table(layers: list[dict[str, Any]] | None) -> str:
     rows = [[cell(row["part"]), cell("trained" if row["trained"] else "frozen"),
              cell(f"{row['tensors_changed']} of {row['tensors']}", "number"), cell(row["max_abs_change"], "number")]
             for row in layers]
-    classes = ["" if (row["tensors_changed"] > 0) == row["trained"] or row["part"] == "pooler" else "changed"
-               for row in layers]
+    classes = ["" if row.get("as_configured", True) else "changed" for row in layers]
     return ("\n<p>Per part of the backbone (highlighted: a part that changed although frozen, or did not although "
             "trained):</p>\n" + table(["part", "config", "tensors changed", "max abs change"], rows, classes))
 
@@ -247,9 +246,9 @@ def split_sizes_section(metrics: RunMetrics) -> str:
 def config_section(config: dict[str, Any] | None) -> str:
     if config is None:
         return missing(f"no {CONFIG_FILE}")
-    defaults = flatten(Config().to_plain())
+    defaults = config_settings(Config().to_plain())
     rows, row_classes = [], []
-    for key, value in flatten(config).items():
+    for key, value in config_settings(config).items():
         default = defaults.get(key, "(not in the schema)")
         rows.append([cell(key), cell(json.dumps(value)),
                      cell(json.dumps(default) if key in defaults else default)])

@@ -65,18 +65,18 @@ def check_resumable(run_dir: Path, force: bool) -> tuple[Config, RunMetrics, dic
     rerun = f"finetune train --from-run {shlex.quote(str(run_dir))}"  # a new run with this run's config
     if not (run_dir / artifacts.METRICS_FILE).is_file():
         raise UserInputError(f"{where}: not a run folder (no {artifacts.METRICS_FILE})")
-    status = run_lock.run_status(run_dir)
+    try:
+        metrics = RunMetrics.read(run_dir / artifacts.METRICS_FILE)
+        plain_config = files.read_json_object(run_dir / artifacts.CONFIG_FILE)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"{where}: cannot read the run's files ({err})") from None
+    status = run_lock.run_status(run_dir, metrics)
     if status == "completed":
         raise UserInputError(f"{where}: this run completed; there is nothing to resume. A new run with its "
                              f"config: {rerun}")
     if status == "running":
         raise UserInputError(f"{where}: this run is still running ({run_lock.describe_lock(run_dir)}); "
                              "stop it first (Ctrl-C), then resume it")
-    try:
-        metrics = RunMetrics.read(run_dir / artifacts.METRICS_FILE)
-        plain_config = files.read_json_object(run_dir / artifacts.CONFIG_FILE)
-    except (OSError, ValueError) as err:
-        raise UserInputError(f"{where}: cannot read the run's files ({err})") from None
     config = config_from_dict(plain_config, source=str(run_dir / artifacts.CONFIG_FILE))
     if config.fingerprint() != metrics.config_hash:
         raise UserInputError(f"{where}: {artifacts.CONFIG_FILE} was changed after the run started (its hash no "

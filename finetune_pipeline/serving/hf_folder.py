@@ -25,19 +25,11 @@ from finetune_pipeline.runs.artifacts import LoadedRun
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime.files import read_json_object
 from finetune_pipeline.serving.model_card import model_card
-from finetune_pipeline.serving.modeling_pooled_classifier import (
-    PooledClassifierConfig,
-    PooledClassifierForSequenceClassification,
-)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 RUN_KEY = "finetune_pipeline"  # config.json's record of the run: {"run_dir", "checkpoint", "config"}
-
-# save_pretrained then copies the classes' file into the folder and names them in config.json's auto_map.
-PooledClassifierConfig.register_for_auto_class()
-PooledClassifierForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 # transformers names an encoder "encoder" (its "backbone" means a vision backbone); this package says backbone.
 PACKAGE_PREFIX, EXPORT_PREFIX = "backbone.", "encoder."
@@ -46,8 +38,9 @@ PACKAGE_PREFIX, EXPORT_PREFIX = "backbone.", "encoder."
 def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_config_file: dict[str, Any]) -> None:
     """Write the run's model, tokenizer, code and card into folder: a new temporary folder, renamed into place
     when complete, so its files need no atomic writes of their own."""
+    config_class, model_class = shipped_model_classes()
     label_names = run.label_names
-    config = PooledClassifierConfig(
+    config = config_class(
         encoder_config=run.model.backbone.config.to_dict(),
         pooling=run.config.model.pooling,
         head_hidden_size=run.config.model.hidden_dim,
@@ -57,11 +50,25 @@ def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_co
         problem_type="single_label_classification",  # the pipeline applies softmax, as predict does
         **{RUN_KEY: {**source, "config": run.config.to_plain()}},
     )
-    model = PooledClassifierForSequenceClassification(config)
+    model = model_class(config)
     model.load_state_dict(renamed(run.model.state_dict(), PACKAGE_PREFIX, EXPORT_PREFIX))  # strict: every weight
     model.save_pretrained(folder)  # safetensors: no pickle
     exported_tokenizer(run).save_pretrained(folder)
     (folder / CARD_FILE).write_text(model_card(run, source, run_config_file), encoding="utf-8")
+
+
+def shipped_model_classes() -> tuple[type, type]:
+    """The model code the folder ships, imported when an export needs it: it loads transformers' model code,
+    which `import finetune_pipeline` and a run on cached features never need. Registered for the auto classes,
+    save_pretrained copies its file into the folder and names the classes in config.json's auto_map."""
+    from finetune_pipeline.serving.modeling_pooled_classifier import (
+        PooledClassifierConfig,
+        PooledClassifierForSequenceClassification,
+    )
+
+    PooledClassifierConfig.register_for_auto_class()
+    PooledClassifierForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+    return PooledClassifierConfig, PooledClassifierForSequenceClassification
 
 
 def exported_tokenizer(run: LoadedRun) -> PreTrainedTokenizerBase:
@@ -86,7 +93,7 @@ def renamed(state: dict[str, Any], old_prefix: str, new_prefix: str) -> dict[str
 
 def is_hf_export(folder: Path) -> bool:
     try:
-        return read_json_object(folder / CONFIG_FILE).get("model_type") == PooledClassifierConfig.model_type
+        return read_json_object(folder / CONFIG_FILE).get("model_type") == shipped_model_classes()[0].model_type
     except (OSError, ValueError):
         return False
 

@@ -10,7 +10,6 @@ onnxruntime (runtime="onnx", float32).
 """
 
 import csv
-import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from finetune_pipeline.core.data import Example, check_labels_seen_in_train, che
 from finetune_pipeline.core.device import Precision, resolve_precision
 from finetune_pipeline.core.evaluation import evaluate, predict_logits
 from finetune_pipeline.core.model import TextClassifier
-from finetune_pipeline.core.readers import FileSettings, check_file, decode, read_records
+from finetune_pipeline.core.readers import FileSettings, check_file, decode, read_records, source_sha256
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, LoadedRun, load_run
 from finetune_pipeline.runtime.files import write_atomically, write_json
@@ -98,7 +97,7 @@ def evaluate_file(
     metrics.update(
         examples=len(examples),
         data_file=str(data_file.resolve()),
-        data_sha256=hashlib.sha256(data_file.read_bytes()).hexdigest(),
+        data_sha256=source_sha256(str(data_file), EVALUATE_SETTINGS.role),  # as a run hashes its data, folders too
         checkpoint=checkpoint,
         label_names=run.label_names,
     )

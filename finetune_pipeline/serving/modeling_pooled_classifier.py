@@ -6,8 +6,9 @@
 that `AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)` and
 `pipeline("text-classification", model=folder, trust_remote_code=True)` load the model. It imports torch
 and transformers only: the folder works without finetune_pipeline installed. That is why ClassifierHead and
-pool repeat finetune_pipeline/model.py's (same module names, so the weights load as they are); the export
-tests check that both give the same probabilities.
+pool repeat finetune_pipeline/core/model.py's (same module names, so the weights load as they are; core/model.py
+cannot import this file instead, since it imports transformers' model code, which a run on cached features never
+loads); the export tests check that both give the same probabilities.
 """
 
 import torch
