@@ -26,13 +26,12 @@ def one_step(checkpointing: bool, batch_size: int, length: int) -> dict[str, flo
     from finetune_pipeline.core.config import ModelConfig
     from finetune_pipeline.core.device import peak_process_memory_mb, reset_peak_process_memory
     from finetune_pipeline.core.model import TextClassifier
-    from finetune_pipeline.runs.run import enable_activation_checkpointing
 
     torch.manual_seed(0)
     backbone = BertModel(BertConfig(), add_pooling_layer=False)  # BERT-base sizes
     model = TextClassifier(backbone, backbone.config, ModelConfig(), num_labels=2).train()
     if checkpointing:
-        enable_activation_checkpointing(model.backbone)
+        model.enable_activation_checkpointing()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
     input_ids = torch.randint(1000, 2000, (batch_size, length))
     mask = torch.ones_like(input_ids)

@@ -34,7 +34,8 @@ from finetune_pipeline.experiments.sweep import SWEEP_FILE, load_sweep, resolve_
 from finetune_pipeline.in_memory import store_table, stored_origin, table_kind
 from finetune_pipeline.runs import report
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, METRICS_FILE
-from finetune_pipeline.runs.run import SPLIT_NAMES, run_training
+from finetune_pipeline.runs.preparation import SPLIT_NAMES
+from finetune_pipeline.runs.run import run_training
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime.files import read_json_object
 from finetune_pipeline.runtime.run_log import configure_console_logging

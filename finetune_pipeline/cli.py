@@ -3,7 +3,6 @@
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -185,7 +184,7 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
                   force: bool = False) -> None:
     from finetune_pipeline.core.config import load_config, parse_overrides
     from finetune_pipeline.runs.resume import newest_unfinished_run
-    from finetune_pipeline.runs.run import dry_run as plan_run
+    from finetune_pipeline.runs.preparation import dry_run as plan_run
     from finetune_pipeline.runs.run import resume_training, run_training
     from finetune_pipeline.runtime.run_log import configure_console_logging
 
@@ -240,6 +239,13 @@ def format_plan(plan: dict[str, Any]) -> str:
         "data: " + "; ".join(f"{split} {source}" for split, source in plan["data_sources"].items()),
         f"splits: train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; "
         f"labels: {', '.join(plan['label_names'])}",
+        "labels per split (examples): " + "; ".join(
+            f"{split} " + ", ".join(f"{label} {count}" for label, count in counts.items())
+            for split, counts in plan["label_distribution"].items()),
+        *(["class weights in the loss: " + ", ".join(f"{label} {weight:.3g}"
+                                                      for label, weight in plan["class_weights"].items())]
+          if plan["class_weights"] else []),
+        *([f"WARNING: {plan['imbalance_warning']}"] if plan["imbalance_warning"] else []),
         f"token lengths before truncation (max_length {plan['config']['data']['max_length']}):",
         *(f"  {name}: mean {stats['mean']:.1f}, median {stats['p50']:.0f}, p95 {stats['p95']:.0f}, "
           f"max {stats['max']}; truncated {stats['truncated']} ({stats['truncated_share']:.1%})"
@@ -370,7 +376,9 @@ def run_command(command: Callable[[], int | None]) -> int:
         return err.exit_code
     except KeyboardInterrupt as interruption:
         run_dir = getattr(interruption, "run_dir", None)  # set by the run it stopped, if one had started
-        how = (f"continue it with `finetune train --resume {shlex.quote(str(run_dir))}`" if run_dir is not None
+        from finetune_pipeline.runs.run_folder import continue_advice  # a run was started: its modules are loaded
+
+        how = (continue_advice(run_dir) if run_dir is not None
                else "a run folder can be continued with `finetune train --resume RUN_DIR`")
         print(f"interrupted ({interruption or 'SIGINT'}): every file written so far is complete; {how}",
               file=sys.stderr)

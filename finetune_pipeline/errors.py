@@ -24,7 +24,7 @@ class OutOfMemory(UserInputError):
 
 
 class TrainingDiverged(UserInputError):
-    """The loss became NaN or infinite: the weights are lost, and the settings (usually the learning rate)
-    are what to change."""
+    """The loss became NaN or infinite: the update that would have spread it was not applied (the checkpoints so far
+    stay usable), and the settings (usually the learning rate) are what to change."""
 
     exit_code = EXIT_DIVERGED

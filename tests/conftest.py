@@ -67,7 +67,7 @@ def toy_data(tmp_path: Path) -> dict[str, str]:
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
+    merged = dict(base or {})  # a key that is null in base (training.class_weights) takes the overrides
     for key, value in overrides.items():
         merged[key] = deep_merge(merged.get(key, {}), value) if isinstance(value, dict) else value
     return merged

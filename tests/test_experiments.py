@@ -9,7 +9,7 @@ import pytest
 import torch.nn.functional
 
 from finetune_pipeline import cli
-from finetune_pipeline.core import training
+from finetune_pipeline.core import task
 from finetune_pipeline.core.config import (
     Config,
     load_config,
@@ -213,7 +213,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step(make_config, monkeypatch, caps
         loss = real_cross_entropy(*args, **kwargs)
         return loss * float("nan") if calls["count"] >= 3 else loss  # one pass per step on cached features
 
-    monkeypatch.setattr(training.F, "cross_entropy", cross_entropy_that_breaks)
+    monkeypatch.setattr(task.F, "cross_entropy", cross_entropy_that_breaks)
     config = make_config(training={"epochs": 1, "batch_size": 4, "gradient_accumulation_steps": 2})
     exit_code = cli.run_command(lambda: run_training(config))
     assert exit_code == EXIT_DIVERGED

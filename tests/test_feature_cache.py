@@ -170,7 +170,7 @@ def test_a_fully_cached_rerun_never_loads_the_backbone_and_gives_the_same_run(ma
     def no_weights(backbone: str) -> None:
         raise AssertionError("the backbone's weights were loaded")
 
-    monkeypatch.setattr("finetune_pipeline.runs.run.load_backbone", no_weights)
+    monkeypatch.setattr("finetune_pipeline.runs.preparation.load_backbone", no_weights)
     warm = run_training(make_config())
     assert setup_event(warm)["backbone_loaded"] == "False"
     cold_metrics, warm_metrics = metrics_of(cold), metrics_of(warm)

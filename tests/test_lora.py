@@ -9,7 +9,8 @@ import torch
 from finetune_pipeline.core.config import config_from_dict
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts
-from finetune_pipeline.runs.run import dry_run, run_training
+from finetune_pipeline.runs.preparation import dry_run
+from finetune_pipeline.runs.run import run_training
 from finetune_pipeline.runs.run_metrics import RunMetrics
 
 pytest.importorskip("peft", reason="LoRA needs the peft package (a dependency of this project)")

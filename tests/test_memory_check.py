@@ -14,7 +14,8 @@ from finetune_pipeline.core import device
 from finetune_pipeline.core.batching import TokenBatch
 from finetune_pipeline.errors import EXIT_OUT_OF_MEMORY, OutOfMemory
 from finetune_pipeline.runs import artifacts, memory_check
-from finetune_pipeline.runs.run import prepare_run, run_training
+from finetune_pipeline.runs.preparation import prepare_run
+from finetune_pipeline.runs.run import run_training
 from finetune_pipeline.runtime import files
 from tests.conftest import REPO_ROOT
 
@@ -25,7 +26,7 @@ def test_preflight_uses_the_heaviest_batch_and_leaves_model_and_rng_untouched(ma
     weights = {name: tensor.clone() for name, tensor in prepared.model.state_dict().items()}
     rng = torch.get_rng_state()
     preflight = memory_check.run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.device,
-                                           prepared.precision, uses_feature_cache=False)
+                                           prepared.precision, prepared.mode, prepared.task)
     assert preflight.examples == 3
     longest = max(prepared.tokenized["train"].lengths)
     assert preflight.padded_length == -(-longest // 8) * 8

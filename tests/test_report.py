@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_pipeline.core import training
+from finetune_pipeline.core import task
 from finetune_pipeline.errors import OutOfMemory
 from finetune_pipeline.runs import artifacts
 from finetune_pipeline.runs.plots import RunCurves, plot_overlay, plot_run_curves, read_run_curves
@@ -115,7 +115,7 @@ def test_report_of_a_run_that_ran_out_of_memory_during_training(make_config, mon
             raise torch.OutOfMemoryError("out of memory: tried to allocate 2.00 GiB")
         return real_cross_entropy(*args, **kwargs)
 
-    monkeypatch.setattr(training.F, "cross_entropy", cross_entropy_out_of_memory)
+    monkeypatch.setattr(task.F, "cross_entropy", cross_entropy_out_of_memory)
     config = make_config(training={"log_every_steps": 1})
     with pytest.raises(OutOfMemory):
         run_training(config)

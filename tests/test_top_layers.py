@@ -12,7 +12,8 @@ from finetune_pipeline.core.config import config_from_dict
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts
-from finetune_pipeline.runs.run import dry_run, run_training
+from finetune_pipeline.runs.preparation import dry_run
+from finetune_pipeline.runs.run import run_training
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime import run_log
 

@@ -32,8 +32,8 @@ SPLITS_REMEMBERED = 6  # two sets of train/val/test: a sweep that alternates two
 
 
 class Batch(Protocol):
-    """A batch the loop moves to the device and scores: token ids (TokenBatch) or cached features
-    (feature_cache.FeatureBatch)."""
+    """A batch the loop moves to the device and scores: token ids (TokenBatch), cached pooled features
+    (feature_cache.FeatureBatch) or cached hidden states (hidden_state_cache.HiddenStateBatch)."""
 
     labels: torch.Tensor  # (batch,)
 
@@ -43,8 +43,9 @@ class Batch(Protocol):
 
 
 class InputSplit(Protocol):
-    """What training and evaluation read a split from: its token ids (TokenizedSplit) or, with a frozen backbone,
-    the backbone's cached features (feature_cache.FeatureSplit). Both batch alike, so one loop serves both."""
+    """What training and evaluation read a split from, as the training mode says: its token ids (TokenizedSplit), the
+    frozen backbone's cached pooled features (feature_cache.FeatureSplit) or the hidden states entering the first
+    trained layer (hidden_state_cache.HiddenStateSplit). All batch alike, so one loop serves every mode."""
 
     @property
     def lengths(self) -> list[int]: ...  # token counts: batches group by them in both kinds

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from finetune_pipeline.errors import UserInputError
 
@@ -65,6 +65,19 @@ def check_encoding(value: str | None) -> str | None:
 
 
 Delimiter = Annotated[str | None, AfterValidator(check_delimiter)]
+
+
+def check_class_weights(value: Any) -> Any:
+    """null, "balanced" or {label: weight > 0}, with one message saying so (a union's own errors list each kind)."""
+    weights_ok = isinstance(value, dict) and all(
+        isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0 for weight in value.values())
+    if value is None or value == "balanced" or weights_ok:
+        return {label: float(weight) for label, weight in value.items()} if isinstance(value, dict) else value
+    raise ValueError('expected null, "balanced", or an object of label: weight with every weight a number above 0, '
+                     'e.g. {"pos": 1.0, "neg": 3.0}')
+
+
+ClassWeights = Annotated[Literal["balanced"] | dict[str, float] | None, BeforeValidator(check_class_weights)]
 Encoding = Annotated[str, AfterValidator(check_encoding)]
 
 
@@ -193,6 +206,9 @@ class TrainingConfig(StrictModel):
         "a train.log line every N optimizer steps (and at the end of each epoch)"))
     metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description=(
         "what val_score and test_score are: `accuracy` or `macro_f1`"))
+    class_weights: ClassWeights = Field(None, description=(
+        "weigh each class's examples in the loss: `\"balanced\"` (n / (classes × n_class), from the train split; the "
+        "weights average 1), or `{\"label\": weight}` (a label left out weighs 1); `null`: every example weighs 1"))
     early_stopping_patience: int | None = Field(None, ge=1, description=(
         "stop after N epochs without a better val_score"))
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description=(
@@ -207,20 +223,6 @@ class TrainingConfig(StrictModel):
                 "training.train_top_layers to null to train the head alone"
             )
         return self
-
-    @property
-    def uses_feature_cache(self) -> bool:
-        """The frozen backbone runs once per text and the head trains on its stored features."""
-        return self.freeze_backbone and self.cache_features
-
-    @property
-    def uses_hidden_state_cache(self) -> bool:
-        """The frozen lower layers run once per text and the top layers train on their stored output."""
-        return self.train_top_layers is not None and self.cache_features
-
-
-# Keys that training never reads while the backbone is frozen (so no factor of a comparison involving such a run).
-FROZEN_BACKBONE_IGNORES = frozenset({"training.encoder_learning_rate", "training.gradient_checkpointing"})
 
 
 class OutputConfig(StrictModel):
@@ -294,14 +296,20 @@ def optional_block(annotation: Any) -> type[BaseModel] | None:
 
 
 def optional_blocks(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
-    """The dotted keys of every optional block: switching one on, or changing its settings, is one change."""
+    """The dotted keys of every optional block (model.lora) and mapping (training.class_weights): switching one on,
+    or changing its settings, is one change."""
     found = []
     for name, field in (model or Config).model_fields.items():
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             found += optional_blocks(field.annotation, f"{prefix}{name}.")
-        elif optional_block(field.annotation) is not None:
+        elif optional_block(field.annotation) is not None or holds_mapping(field.annotation):
             found.append(f"{prefix}{name}")
     return found
+
+
+def holds_mapping(annotation: Any) -> bool:
+    """A key whose value may be a JSON object of its own (training.class_weights' {label: weight})."""
+    return any(getattr(kind, "__origin__", None) is dict for kind in getattr(annotation, "__args__", ()))
 
 
 def markdown_value(value: Any) -> str:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from finetune_pipeline.core.model import TextClassifier
+from finetune_pipeline.core.training_mode import TrainingMode
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -40,10 +41,6 @@ def snapshot(tensors: nn.Module | Mapping[str, torch.Tensor],
         copy = {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
         reload_original = lambda: copy  # noqa: E731
     return Snapshot(hashes=hashes, original=reload_original)
-
-
-def tensor_hashes(module: nn.Module) -> dict[str, str]:
-    return {name: tensor_sha256(tensor) for name, tensor in module.state_dict().items()}
 
 
 def fingerprint_of(hashes: dict[str, str]) -> str:
@@ -111,17 +108,6 @@ def layer_table(hashes: dict[str, str], report: dict[str, Any], trains: Callable
     return list(rows.values())
 
 
-UNUSED_PARTS = {"pooler"}  # BERT's pooler: our pooling never reads it, so no gradient reaches it in any mode
-
-
-def trained_parts(freeze_backbone: bool, first_trained_layer: int | None) -> Callable[[str], bool]:
-    """Which parts of the backbone the config trains: none, all (but the unused pooler), or the layers from
-    first_trained_layer up."""
-    if first_trained_layer is None:
-        return lambda part: not freeze_backbone and part not in UNUSED_PARTS
-    return lambda part: part.startswith("layer ") and int(part.removeprefix("layer ")) >= first_trained_layer
-
-
 NOT_LOADED = ("not loaded: every split's features came from the feature cache, so training and the test used "
               "the head alone and the backbone's weights never entered this process")
 
@@ -131,13 +117,12 @@ def build_freeze_proof(
     head_before: Snapshot,
     adapters_before: Snapshot,
     model: TextClassifier,
-    freeze_backbone: bool,
-    first_trained_layer: int | None = None,
+    mode: TrainingMode,
 ) -> dict[str, Any]:
     """model.backbone is None when the run never loaded it; backbone_before then holds its remembered hashes.
-    first_trained_layer: with train_top_layers, the layers from there up train and everything below must not
-    change, each top layer must. adapters_before: the LoRA adapters as they started (none without LoRA); under
-    LoRA the backbone's own weights must not change at all, and every adapter tensor must."""
+    What must have changed is what the mode trains: with top layers, each of them changed and everything below
+    did not; under LoRA (adapters_before: the adapters as they started) the backbone's own weights did not change
+    at all, and every adapter tensor did."""
     backbone = model.backbone
     if backbone is None:
         backbone_report = {"tensors_total": len(backbone_before.hashes), "tensors_changed": 0,
@@ -148,17 +133,16 @@ def build_freeze_proof(
     adapter_report = tensor_changes(adapters_before, model.adapter_state()) if adapters_before.hashes else None
     backbone_changed = backbone_report["tensors_changed"] > 0
     lora = adapter_report is not None
-    layers = layer_table(backbone_before.hashes, backbone_report,
-                         trained_parts(freeze_backbone or lora, None if lora else first_trained_layer))
+    layers = layer_table(backbone_before.hashes, backbone_report, mode.trains_part())
     if lora:  # the weights frozen, the adapters trained
         consistent = not backbone_changed and adapter_report["tensors_changed"] == adapter_report["tensors_total"]
-    elif first_trained_layer is None:  # frozen must mean unchanged; trained must mean changed (else the lr did nothing)
-        consistent = backbone_changed != freeze_backbone
+    elif mode.first_trained_layer is None:  # frozen must mean unchanged; trained must mean changed (else the lr did nothing)
+        consistent = backbone_changed == mode.trains_backbone
     else:  # each part as the config says: the top layers changed, the embeddings and the rest unchanged
         consistent = all(row["as_configured"] for row in layers)
     return {
-        "freeze_backbone": freeze_backbone,
-        "first_trained_layer": first_trained_layer,
+        "freeze_backbone": not mode.trains_backbone,
+        "first_trained_layer": mode.first_trained_layer,
         "lora": lora,
         "backbone_changed": backbone_changed,
         "consistent_with_config": consistent,

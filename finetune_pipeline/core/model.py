@@ -14,6 +14,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from finetune_pipeline.core.config import DEFAULT_BACKBONE, Config, LoraSettings, ModelConfig
+from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
 
 if TYPE_CHECKING:  # importing transformers' model code takes seconds; a fully cached run never needs it
@@ -91,20 +92,6 @@ def load_backbone(backbone: str) -> "PreTrainedModel":
 
     model = read_pretrained(backbone, "weights", read_weights)
     return copy.deepcopy(model) if _loaded is not None else model
-
-
-def first_trained_layer(train_top_layers: int | None, backbone_config: PretrainedConfig, backbone: str) -> int | None:
-    """The index of the lowest layer training.train_top_layers trains (None: the setting is off)."""
-    if train_top_layers is None:
-        return None
-    layers = getattr(backbone_config, "num_hidden_layers", None)
-    if layers is None:
-        raise UserInputError(f"training.train_top_layers: the backbone '{backbone}' does not say how many layers it "
-                             "has (no num_hidden_layers in its config.json); use train_top_layers null")
-    if train_top_layers > layers:
-        raise UserInputError(f"training.train_top_layers: {train_top_layers} is more than the {layers} layers of the "
-                             f"backbone '{backbone}'; set it to {layers} or less")
-    return layers - train_top_layers
 
 
 def backbone_max_length(backbone_config: PretrainedConfig) -> int | None:
@@ -185,6 +172,13 @@ class TextClassifier(nn.Module):
             module.requires_grad_(False)
             module.eval()
         self.frozen_modules = modules
+
+    def enable_activation_checkpointing(self) -> None:
+        """Keep only each layer's input during forward and recompute the rest during backward."""
+        if hasattr(self.backbone, "activation_checkpointing_enable"):  # the name since transformers 5
+            self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def train(self, mode: bool = True) -> "TextClassifier":
         super().train(mode)
@@ -279,15 +273,21 @@ class TextClassifier(nn.Module):
         return self.head(features)
 
 
+def build_classifier(backbone: "PreTrainedModel | None", backbone_config: PretrainedConfig, config: Config,
+                     num_labels: int, mode: TrainingMode) -> TextClassifier:
+    """The one way a TextClassifier is made, for training as for loading a trained run: the head on the backbone,
+    then frozen, adapted and checkpointed as the training mode says."""
+    model = TextClassifier(backbone, backbone_config, config.model, num_labels)
+    mode.prepare(model)
+    return model
+
+
 def build_model(config: Config, num_labels: int) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
     """The model with its pretrained backbone (and its LoRA adapters, where the run had them), and its tokenizer:
     to load a trained run's weights into."""
     tokenizer, backbone_config = load_tokenizer(config.model.backbone)
-    model = TextClassifier(load_backbone(config.model.backbone), backbone_config, config.model, num_labels)
-    if config.model.lora is not None:
-        model.add_lora(config.model.lora, first_trained_layer(config.training.train_top_layers, backbone_config,
-                                                              config.model.backbone))
-    return model, tokenizer
+    mode = TrainingMode.of(config).with_layers(backbone_config)
+    return build_classifier(load_backbone(config.model.backbone), backbone_config, config, num_labels, mode), tokenizer
 
 
 def count_parameters(model: TextClassifier, unloaded_backbone_parameters: int = 0) -> dict[str, int]:

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -33,8 +32,9 @@ from finetune_pipeline.core.batching import InputSplit, training_steps
 from finetune_pipeline.core.config import Config, TrainingConfig
 from finetune_pipeline.core.device import Precision, autocast, memory_reading
 from finetune_pipeline.core.evaluation import evaluate
-from finetune_pipeline.core.feature_cache import FeatureSplit
 from finetune_pipeline.core.model import TextClassifier
+from finetune_pipeline.core.task import Task
+from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import TrainingDiverged
 from finetune_pipeline.runtime.distributed import all_sum, my_share, progress_bar_disabled, world
 from finetune_pipeline.runtime.faults import fault_point
@@ -92,7 +92,7 @@ class TrainingState:
     step_in_epoch: int = 0  # its optimizer steps done: checkpoints are taken between steps, so it resumes here
     step: int = 0  # optimizer steps done, all epochs together
     best_epoch: int = 0
-    best_val_score: float = -math.inf
+    best_val_score: float | None = None  # None until the first validation
     best_val_metrics: dict[str, Any] = field(default_factory=dict)
     epochs_without_improvement: int = 0  # early stopping's count
     stopped_early: bool = False
@@ -146,7 +146,7 @@ def train_model(
     model: TextClassifier,
     train: InputSplit,
     val: InputSplit,
-    label_names: list[str],
+    task: Task,
     config: Config,
     device: torch.device,
     precision: Precision,
@@ -156,8 +156,8 @@ def train_model(
     """Train from where state is (a new one: epoch 1, step 0) to the last epoch or early stopping, updating state
     as it goes: after an interruption it says how far training got. run writes the best model, the epochs'
     metrics and the resume checkpoints (in rank 0 only)."""
-    training = config.training
-    micro_batch_size, accumulation = micro_batching(train, training)
+    training, mode = config.training, TrainingMode.of(config)
+    micro_batch_size, accumulation = micro_batching(mode, training)
     if accumulation != training.gradient_accumulation_steps:
         log_event("fused_micro_batches", examples_per_pass=micro_batch_size,
                   reason="cached features: a whole optimizer step fits in one pass, so accumulation saves nothing")
@@ -181,9 +181,9 @@ def train_model(
             examples_in_step = sum(len(micro_batch) for micro_batch in micro_batches)
             for micro_step, micro_batch in enumerate(micro_batches):
                 with accumulating(trained, last_micro_batch=micro_step == len(micro_batches) - 1):
-                    forward_backward(trained, train, micro_batch, examples_in_step, state, device, precision)
+                    forward_backward(trained, train, micro_batch, examples_in_step, task, state, device, precision)
                 fault_point("micro_batch")
-            check_finite(state, training, precision)  # raises TrainingDiverged before a NaN reaches the weights
+            check_finite(state, config, precision)  # raises TrainingDiverged before a NaN reaches the weights
             with signals_deferred():  # a Ctrl-C waits for the step to complete: the weights are never half-updated
                 optimizer_step(state, training.max_grad_norm)
                 if due(state.step, training.log_every_steps) or state.step_in_epoch == len(steps):
@@ -191,7 +191,7 @@ def train_model(
                 if due(state.step, config.output.checkpoint_every_steps) and state.step_in_epoch < len(steps):
                     run.save_resume_checkpoint(state)  # the epoch's last step has the epoch's own checkpoint
             fault_point("step")
-        end_of_epoch(model, val, label_names, config, device, precision, state, run, epoch_started)
+        end_of_epoch(model, val, task, config, device, precision, state, run, epoch_started)
 
 
 def accumulating(
@@ -206,7 +206,7 @@ def accumulating(
 
 def forward_backward(
     model: TextClassifier | DistributedDataParallel, split: InputSplit, micro_batch: list[int],
-    examples_in_step: int, state: TrainingState, device: torch.device, precision: Precision,
+    examples_in_step: int, task: Task, state: TrainingState, device: torch.device, precision: Precision,
 ) -> None:
     """One micro-batch: forward, loss, backward. Its gradient adds to the step's, its loss to the log window's."""
     processes = world()
@@ -218,7 +218,7 @@ def forward_backward(
     batch = split.batch(indices).to(device)  # token ids, or cached features with a frozen backbone
     with autocast(device, precision):
         logits = batch.logits(model)  # (batch, num_labels)
-    loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+    loss_sum = task.loss_sum(logits, batch.labels)
     if padding:
         loss_sum = loss_sum * 0.0
     # Dividing each example's loss by the step's example count makes batch 2 x accumulation 4 compute exactly
@@ -230,7 +230,7 @@ def forward_backward(
     state.losses.window_examples += 0 if padding else len(indices)
 
 
-def check_finite(state: TrainingState, training: TrainingConfig, precision: Precision) -> None:
+def check_finite(state: TrainingState, config: Config, precision: Precision) -> None:
     """Once NaN or inf, the window's loss sum stays so: one check per optimizer step finds the first bad step
     before its update reaches the weights (the best checkpoint so far stays usable). Under torchrun every
     process must take the same branch: the check is agreed by all."""
@@ -240,7 +240,7 @@ def check_finite(state: TrainingState, training: TrainingConfig, precision: Prec
         finite = all_sum([float(not finite)])[0] == 0
     if not finite:
         log_event("step", epoch=state.epoch, step=state.step + 1, loss=window_sum.item() / state.losses.window_examples)
-        raise diverged(training, state.epoch, state.step + 1, precision)
+        raise diverged(config, state.epoch, state.step + 1, precision)
 
 
 def optimizer_step(state: TrainingState, max_grad_norm: float | None) -> None:
@@ -283,20 +283,20 @@ def log_window(state: TrainingState, device: torch.device, progress: tqdm) -> No
 
 
 def end_of_epoch(
-    model: TextClassifier, val: InputSplit, label_names: list[str], config: Config,
+    model: TextClassifier, val: InputSplit, task: Task, config: Config,
     device: torch.device, precision: Precision, state: TrainingState, run: RunRecorder, epoch_started: float,
 ) -> None:
     """Validate, keep the best model so far, count the epochs without improvement, record the epoch, and take
     the resume checkpoint from which the next epoch starts."""
     training = config.training
     train_time = time.perf_counter() - epoch_started
-    val_metrics = evaluate(model, val, label_names, training.eval_batch_size, device, precision)
+    val_metrics = evaluate(model, val, task, training.eval_batch_size, device, precision)
     val_score = val_metrics[training.metric]
     fault_point("epoch_end")
     record = EpochRecord(state.epoch, state.losses.epoch_sum / state.losses.epoch_examples, val_metrics, val_score,
                          time.perf_counter() - epoch_started, train_time, state.step)
     state.history.append(record)
-    improved = val_score > state.best_val_score
+    improved = task.is_better(val_score, state.best_val_score)
     if improved:
         state.best_epoch, state.best_val_score, state.best_val_metrics = state.epoch, val_score, val_metrics
         run.save_best_model(state)
@@ -304,8 +304,9 @@ def end_of_epoch(
     else:
         state.epochs_without_improvement += 1
     log_event(
-        "epoch", epoch=state.epoch, step=state.step, train_loss=record.train_loss, val_accuracy=val_metrics["accuracy"],
-        val_macro_f1=val_metrics["macro_f1"], val_score=val_score, best=improved, epoch_time_s=record.time_s,
+        "epoch", epoch=state.epoch, step=state.step, train_loss=record.train_loss,
+        **{f"val_{name}": val_metrics[name] for name in task.metric_names}, val_score=val_score, best=improved,
+        epoch_time_s=record.time_s,
     )
     patience = training.early_stopping_patience
     state.stopped_early = patience is not None and state.epochs_without_improvement >= patience
@@ -390,7 +391,7 @@ def current_lr(optimizer: torch.optim.Optimizer, group_name: str) -> float:
     return next((group["lr"] for group in optimizer.param_groups if group["name"] == group_name), 0.0)
 
 
-def micro_batching(train: InputSplit, training: TrainingConfig) -> tuple[int, int]:
+def micro_batching(mode: TrainingMode, training: TrainingConfig) -> tuple[int, int]:
     """(examples per forward pass, forward passes per optimizer step).
 
     Gradient accumulation exists to save memory. On cached features a micro-batch is a few kilobytes,
@@ -398,7 +399,7 @@ def micro_batching(train: InputSplit, training: TrainingConfig) -> tuple[int, in
     are dealt per optimizer step, see training_steps) and the same loss normalisation, in one pass
     instead of gradient_accumulation_steps small ones.
     """
-    if isinstance(train, FeatureSplit):
+    if mode.fuses_micro_batches:
         return training.batch_size * training.gradient_accumulation_steps, 1
     return training.batch_size, training.gradient_accumulation_steps
 
@@ -432,8 +433,10 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def diverged(training: TrainingConfig, epoch: int, step: int, precision: Precision) -> TrainingDiverged:
-    encoder = "" if training.freeze_backbone else f", training.encoder_learning_rate={training.encoder_learning_rate}"
+def diverged(config: Config, epoch: int, step: int, precision: Precision) -> TrainingDiverged:
+    training = config.training
+    encoder = (f", training.encoder_learning_rate={training.encoder_learning_rate}"
+               if TrainingMode.of(config).trains_backbone else "")
     fp16 = (" Under fp16, values above 65504 overflow: training.mixed_precision \"bf16\" or \"no\" avoids that."
             if precision.used == "fp16" else "")
     return TrainingDiverged(

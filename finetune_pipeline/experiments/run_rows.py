@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_pipeline.core.config import FROZEN_BACKBONE_IGNORES, changed_values, config_settings
+from finetune_pipeline.core.config import changed_values, config_settings
+from finetune_pipeline.core.training_mode import FROZEN_BACKBONE_IGNORES
 from finetune_pipeline.experiments.stability import Stability, loss_stability
 from finetune_pipeline.runs import run_lock
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE

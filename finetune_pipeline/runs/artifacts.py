@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from finetune_pipeline.core.config import Config, config_from_dict
 from finetune_pipeline.core.freeze_proof import fingerprint_of, tensor_sha256
 from finetune_pipeline.core.model import TextClassifier, build_model
+from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime.files import load_checkpoint
@@ -76,16 +77,11 @@ def create_run_dir(root: str | Path, suffix: str = "") -> Path:
     raise UserInputError(f"output.artifacts_root '{root}': too many runs started in the second {stamp}")
 
 
-def backbone_trained_whole(config: Config) -> bool:
-    training = config.training
-    return not training.freeze_backbone and training.train_top_layers is None and config.model.lora is None
-
-
 def saved_state(model: TextClassifier, config: Config) -> dict[str, torch.Tensor]:
     """What a checkpoint holds: the whole model when the whole backbone trains, else the head and the backbone
     tensors that train (the top layers of train_top_layers, the adapters of LoRA)."""
     state = model.state_dict()
-    if backbone_trained_whole(config):
+    if TrainingMode.of(config).checkpoint_holds_backbone:
         return state
     trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     return {name: tensor for name, tensor in state.items() if name.startswith("head.") or name in trained}
@@ -109,7 +105,7 @@ def checkpoint_payload(
     training), which loading checks. A frozen run's checkpoint is then the head alone, well under a megabyte instead of the
     backbone's ~90 MB.
     """
-    backbone_included = backbone_trained_whole(config)
+    backbone_included = TrainingMode.of(config).checkpoint_holds_backbone
     state = saved_state(model, config)
     return {
         "format_version": CHECKPOINT_FORMAT_VERSION,

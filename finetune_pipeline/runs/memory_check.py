@@ -13,12 +13,13 @@ from typing import Any
 
 import psutil
 import torch
-import torch.nn.functional as F
 
 from finetune_pipeline.core.batching import InputSplit, evaluation_batches
 from finetune_pipeline.core.config import Config
 from finetune_pipeline.core.device import Precision, autocast, peak_process_memory_mb
 from finetune_pipeline.core.model import TextClassifier
+from finetune_pipeline.core.task import Task
+from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import OutOfMemory
 
 BYTES_PER_FLOAT32 = 4
@@ -49,18 +50,18 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def advice(config: Config) -> str:
-    training = config.training
+    training, mode = config.training, TrainingMode.of(config)
     lines = [
         f"data.max_length={config.data.max_length}: fewer tokens per text need less memory",
         f"training.batch_size={training.batch_size}: halve it and double training.gradient_accumulation_steps "
         f"(now {training.gradient_accumulation_steps}) to keep the effective batch of {config.effective_batch_size()}",
     ]
-    if training.freeze_backbone and training.cache_features:
+    if mode.caches_features:
         lines.append(f"training.eval_batch_size={training.eval_batch_size}: the features are extracted in "
                      "batches of this size; halve it")
-    if not training.freeze_backbone:
+    if mode.trains_backbone:
         lines.append("training.freeze_backbone=true: no backbone gradients or optimizer state at all")
-        if not training.gradient_checkpointing:
+        if not mode.gradient_checkpointing:
             lines.append("training.gradient_checkpointing=true: recompute activations in the backward pass")
     if training.mixed_precision == "no":
         lines.append("training.mixed_precision=\"bf16\" (or \"fp16\" on a GPU): half-size activations")
@@ -70,13 +71,13 @@ def advice(config: Config) -> str:
 def first_fix(config: Config) -> dict[str, Any]:
     """The change the rerun command makes: the first knob of the advice that applies, keeping what the run
     measures (the effective batch, the model) wherever it can."""
-    training = config.training
-    if training.freeze_backbone and training.cache_features and training.eval_batch_size > 1:
+    training, mode = config.training, TrainingMode.of(config)
+    if mode.caches_features and training.eval_batch_size > 1:
         return {"training.eval_batch_size": training.eval_batch_size // 2}
     if training.batch_size > 1:
         return {"training.batch_size": training.batch_size // 2,
                 "training.gradient_accumulation_steps": training.gradient_accumulation_steps * 2}
-    if not training.freeze_backbone and not training.gradient_checkpointing:
+    if mode.trains_backbone and not mode.gradient_checkpointing:
         return {"training.gradient_checkpointing": True}
     return {"data.max_length": max(config.data.max_length // 2, 8)}
 
@@ -109,7 +110,7 @@ def set_arguments(overrides: dict[str, Any]) -> list[str]:
 
 def run_preflight(
     model: TextClassifier, split: InputSplit, config: Config, device: torch.device, precision: Precision,
-    uses_feature_cache: bool,
+    mode: TrainingMode, task: Task,
 ) -> Preflight:
     """One step on the heaviest batch; the model's weights and every random generator are left as they were.
 
@@ -117,14 +118,15 @@ def run_preflight(
     texts); otherwise it is a training micro-batch, forward and backward, from split: token ids, or the cached
     hidden states of train_top_layers (then the lower layers do not run).
     """
-    batch_size = config.training.eval_batch_size if uses_feature_cache else config.training.batch_size
+    extraction = mode.caches_features
+    batch_size = config.training.eval_batch_size if extraction else config.training.batch_size
     # the first batch of the longest-first order holds the longest texts: no batch can need more memory
     batch = split.batch(evaluation_batches(split.lengths, batch_size)[0]).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if uses_feature_cache:
+            if extraction:
                 with torch.inference_mode(), autocast(device, precision):
                     model.eval()
                     model.features(batch.input_ids, batch.attention_mask)
@@ -132,7 +134,7 @@ def run_preflight(
                 model.train()
                 with autocast(device, precision):
                     logits = batch.logits(model)
-                F.cross_entropy(logits.float(), batch.labels).backward()
+                task.loss_sum(logits, batch.labels).backward()
     except Exception as err:
         if is_out_of_memory(err):
             raise out_of_memory(config, "in the preflight step", f"{len(batch.labels)} texts padded to "
@@ -142,7 +144,7 @@ def run_preflight(
         model.zero_grad(set_to_none=True)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer_state_mb = 0.0 if uses_feature_cache else trainable * ADAMW_STATES_PER_PARAMETER * BYTES_PER_FLOAT32 / 2**20
+    optimizer_state_mb = 0.0 if extraction else trainable * ADAMW_STATES_PER_PARAMETER * BYTES_PER_FLOAT32 / 2**20
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
         available_mb = torch.cuda.mem_get_info(device)[1] / 2**20
@@ -150,7 +152,7 @@ def run_preflight(
         peak_mb = peak_process_memory_mb()
         available_mb = (psutil.virtual_memory().available + psutil.Process().memory_info().rss) / 2**20
     return Preflight(
-        what="feature extraction (inference)" if uses_feature_cache else "training micro-batch (forward + backward)",
+        what="feature extraction (inference)" if extraction else "training micro-batch (forward + backward)",
         examples=len(batch.labels),
         padded_length=int(batch.attention_mask.shape[1]),
         peak_mb=peak_mb,

@@ -153,11 +153,17 @@ def per_class_section(metrics: RunMetrics) -> str:
     if source is None or not source[1].get("per_class"):
         return missing(f"{METRICS_FILE} has neither test_metrics nor val_metrics: no epoch was evaluated")
     split, evaluated = source
+    train_counts = (metrics.label_distribution or {}).get("train")  # older runs did not record these two
+    weights = metrics.class_weights
     rows = [
-        [cell(name), *(cell(scores[key], "number") for key in ("precision", "recall", "f1", "support"))]
+        [cell(name), *(cell(scores[key], "number") for key in ("precision", "recall", "f1", "support")),
+         *([cell(train_counts.get(name), "number")] if train_counts else []),
+         *([cell(weights.get(name), "number")] if weights else [])]
         for name, scores in evaluated["per_class"].items()
     ]
-    return f"<p>From the {escape(split)}.</p>\n" + table(["label", "precision", "recall", "f1", "support"], rows)
+    header = ["label", "precision", "recall", "f1", "support", *(["train examples"] if train_counts else []),
+              *(["weight in the loss (training.class_weights)"] if weights else [])]
+    return f"<p>From the {escape(split)}.</p>\n" + table(header, rows)
 
 
 def confusion_section(metrics: RunMetrics) -> str:

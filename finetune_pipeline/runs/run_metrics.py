@@ -41,6 +41,9 @@ class RunMetrics(BaseModel):
     # the data
     split_sizes: dict[str, int] | None = None
     label_names: list[str] | None = None
+    task: str | None = None  # core.task: single_label
+    label_distribution: dict[str, dict[str, int]] | None = None  # split -> label -> examples
+    class_weights: dict[str, float] | None = None  # label -> weight in the loss (training.class_weights)
     token_lengths: dict[str, dict[str, float]] = {}
     tokenization: dict[str, dict[str, Any]] | None = None
     language_warning: str | None = None

@@ -23,6 +23,7 @@ from finetune_pipeline.core.batching import TokenizedSplit, tokenize_split
 from finetune_pipeline.core.data import Example, check_labels_seen_in_train, checked_text, read_labelled_file
 from finetune_pipeline.core.device import Precision, resolve_precision
 from finetune_pipeline.core.evaluation import evaluate, predict_logits
+from finetune_pipeline.core.task import SingleLabelClassification
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.core.readers import FileSettings, check_file, decode, read_records, source_sha256
 from finetune_pipeline.errors import UserInputError
@@ -93,7 +94,8 @@ def evaluate_file(
     check_labels_seen_in_train(examples, run.label_names, "evaluation", str(data_file))
     split = tokenize_split(examples, run.label_names, run.tokenizer, data.max_length)
     # the batches of the run's own test evaluation: a CPU run's test file gives exactly its test metrics
-    metrics = evaluate(run.model, split, run.label_names, run.config.training.eval_batch_size, CPU, precision)
+    task = SingleLabelClassification.of(run.config, run.label_names)
+    metrics = evaluate(run.model, split, task, run.config.training.eval_batch_size, CPU, precision)
     metrics.update(
         examples=len(examples),
         data_file=str(data_file.resolve()),

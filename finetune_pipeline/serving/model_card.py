@@ -16,6 +16,7 @@ from huggingface_hub import ModelCardData, metadata_load, try_to_load_from_cache
 
 from finetune_pipeline.core.config import Config
 from finetune_pipeline.core.model import resolve_backbone
+from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, LoadedRun
 from finetune_pipeline.runs.run_metrics import RunMetrics
 
@@ -121,14 +122,9 @@ def results(metrics: RunMetrics, checkpoint: str) -> str:
 
 def backbone_training(config: Config) -> str:
     """How the backbone was trained, in words."""
-    lora, top = config.model.lora, config.training.train_top_layers
-    if config.training.freeze_backbone:
-        return "frozen (only the head was trained)"
-    where = f"the top {top} layers" if top is not None else "every layer"
-    if lora is not None:
-        return (f"LoRA adapters (r {lora.r}, alpha {lora.alpha:g}, on {', '.join(lora.target_modules)}) of {where} "
-                "trained with the head, the pretrained weights frozen; the adapters are merged into these weights")
-    return "fine-tuned with the head" if top is None else f"{where} fine-tuned with the head, the rest frozen"
+    mode = TrainingMode.of(config)
+    merged = "; the adapters are merged into these weights" if mode.lora is not None else ""
+    return f"{mode.what_trains()}{merged}"
 
 
 def training(metrics: RunMetrics, backbone: str) -> str:
@@ -138,7 +134,7 @@ def training(metrics: RunMetrics, backbone: str) -> str:
         f"- device: {metrics.device}",
         f"- precision: {precision['requested']} requested, {precision['used']} used{reason}. The exported weights "
         "are float32, as the run's checkpoints are: run in float32, they give the run's probabilities within 1e-5",
-        f"- backbone: {backbone}",
+        f"- what trained: {backbone}",
         f"- epochs: {len(metrics.history)}, effective batch size {metrics.effective_batch_size}, seed "
         f"{metrics.seed}",
     ])
