@@ -21,17 +21,16 @@ The targets (issue 20): top-1 epoch <= 0.3x and top-2 <= 0.5x of full fine-tunin
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from project_process import finetune_train
+
 from finetune_pipeline.runtime.run_log import read_events
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 D_PROFILE = {"training.freeze_backbone": False, "training.batch_size": 4, "training.gradient_accumulation_steps": 2,
              "training.encoder_learning_rate": 1e-5}
 # the presets' learning rates: E's and F's chosen on val (see configs/experiments/E.json and F.json)
@@ -59,17 +58,8 @@ def train(name: str, overrides: dict[str, Any], epochs: int, seed: int, work: Pa
           float32_states: bool = False) -> dict[str, Any]:
     sets = {**overrides, "training.epochs": epochs, "seed": seed,
             "output.artifacts_root": str(work / "artifacts" / name), "output.cache_dir": str(work / "cache")}
-    arguments = [part for key, value in sets.items() for part in ("--set", f"{key}={json.dumps(value)}")]
     started = time.perf_counter()
-    entry = ["-c", FLOAT32_STATES] if float32_states else ["-m", "finetune_pipeline.cli"]
-    result = subprocess.run([sys.executable, *entry, "train",
-                             "--config", "finetune_pipeline/configs/train_config.json", *arguments],
-                            cwd=REPO_ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
-    run_dir = Path(next(line.split(": ", 1)[1] for line in result.stdout.splitlines()
-                        if line.startswith("run folder: ")))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run_dir, metrics = finetune_train(name, sets, ["-c", FLOAT32_STATES] if float32_states else None)
     extraction = sum(float(event["seconds"]) for event in read_events(run_dir / "train.log", "hidden_state_extraction"))
     epoch_seconds = [epoch["train_time_s"] for epoch in metrics["history"]]
     return {"name": name, "command_s": time.perf_counter() - started, "epoch_train_s": sum(epoch_seconds) / len(epoch_seconds),

@@ -82,19 +82,19 @@ class Run:
         """metrics as the typed record the package itself reads."""
         return RunMetrics.model_validate(self.metrics)
 
-    def predict(self, texts: str | Iterable[str], batch_size: int = 32) -> pandas.DataFrame:
-        """One row per text, in order: text, label (the most probable class) and prob_<class> for every class,
-        in the run's label order."""
+    def predict(self, texts: str | Iterable[str], batch_size: int = 32,
+                pairs: str | Iterable[str] | None = None) -> pandas.DataFrame:
+        """One row per text, in order: text (text_pair, for a model trained on pairs: give pairs=), label and
+        prob_<label> for every label, in the run's label order. label is the most probable class (single-label), the
+        list of labels at or above their thresholds (multi-label), or the predicted number (regression, which has
+        no prob_ columns)."""
         pandas = import_pandas()
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        for position, text in enumerate(texts, start=1):
-            if not isinstance(text, str):
-                raise UserInputError(f"texts: item {position} of {len(texts)} is a {type(text).__name__}, "
-                                     "not a string")
+        texts, pairs = checked_strings(texts, "texts"), None if pairs is None else checked_strings(pairs, "pairs")
         return pandas.DataFrame([
-            {"text": prediction.text, "label": prediction.label,
-             **{PROBABILITY_PREFIX + label: probability for label, probability in prediction.probabilities.items()}}
-            for prediction in predict_texts(self.dir, texts, batch_size)
+            {"text": prediction.text, **({"text_pair": prediction.text_pair} if prediction.text_pair is not None else {}),
+             "label": prediction.label,
+             **{PROBABILITY_PREFIX + label: probability for label, probability in (prediction.probabilities or {}).items()}}
+            for prediction in predict_texts(self.dir, texts, batch_size, pairs=pairs)
         ])
 
     def evaluate(self, data: Data, text_column: str | None = None, label_column: str | None = None,
@@ -105,8 +105,9 @@ class Run:
         if kind is None:
             metrics, _ = evaluate_file(self.dir, Path(data_path(data, "data=")), text_column, label_column, name)
             return metrics
+        pair = self.config.data.text_pair_column
         columns = {"text": text_column or self.config.data.text_column,
-                   "label": label_column or self.config.data.label_column}
+                   "label": label_column or self.config.data.label_column, **({"text_pair": pair} if pair else {})}
         path = store_table(data, columns, EVALUATE_TABLE_SETTINGS, f"the {kind} given as data=",
                            self.config.output.cache_dir)
         try:
@@ -197,6 +198,14 @@ def train(
     return load_run(run_dir)
 
 
+def checked_strings(texts: str | Iterable[str], name: str) -> list[str]:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    for position, text in enumerate(texts, start=1):
+        if not isinstance(text, str):
+            raise UserInputError(f"{name}: item {position} of {len(texts)} is a {type(text).__name__}, not a string")
+    return texts
+
+
 def checked_overrides(overrides: Any) -> dict[str, Any]:
     if overrides is None:
         return {}
@@ -252,11 +261,14 @@ def file_origin(split: str, raw: dict[str, Any], overrides: dict[str, Any], sour
 def split_columns(data: DataConfig, split: str) -> dict[str, str]:
     """role -> column name for one split, as data.read_split chooses them."""
     columns = getattr(data.columns, split)
-    return {"text": columns.text_column or data.text_column, "label": columns.label_column or data.label_column}
+    pair = columns.text_pair_column or data.text_pair_column
+    return {"text": columns.text_column or data.text_column, "label": columns.label_column or data.label_column,
+            **({"text_pair": pair} if pair else {})}
 
 
 def table_settings(split: str) -> FileSettings:
     columns = {role: f"{role}_column= of ft.train (or data.{role}_column)" for role in ("text", "label")}
+    columns["text_pair"] = "data.text_pair_column"
     return FileSettings(file=f"{split}=", columns=columns, role=split)
 
 

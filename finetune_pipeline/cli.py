@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", help="a run folder or an export folder (finetune export)")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="a text to label (repeatable)")
+    predict.add_argument("--text-pair", action="append", default=None,
+                         help="a model trained on text pairs: the second text of each --text, in the same order")
     source.add_argument("--input",
                         help="a .csv, .tsv, .jsonl, .parquet or .xlsx file or a datasets folder with a text column, "
                              "or .txt with one text per line")
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare": lambda: compare_command(args.runs, args.last, args.artifacts_root, args.output_dir, args.ref),
         "evaluate": lambda: evaluate_command(args.run_dir, args.data, args.text_column, args.label_column, args.name),
         "predict": lambda: predict_command(args.run_dir, args.text, args.input, args.output, args.text_column,
-                                           args.batch_size, args.runtime),
+                                           args.batch_size, args.runtime, args.text_pair),
         "export": lambda: export_command(args.run_dir, args.export_format, args.checkpoint, args.output),
     }
     return run_command(commands[args.command])
@@ -340,19 +342,31 @@ def evaluate_command(run_dir: str, data: str, text_column: str | None, label_col
 
 
 def predict_command(run_dir: str, texts: list[str] | None, input_file: str | None, output_file: str | None,
-                    text_column: str | None, batch_size: int, runtime: str) -> None:
+                    text_column: str | None, batch_size: int, runtime: str, pairs: list[str] | None = None) -> None:
     from finetune_pipeline.serving.inference import predict_file, predict_texts
 
     if texts:
-        for prediction in predict_texts(Path(run_dir), texts, batch_size, runtime=runtime):
-            probabilities = ", ".join(f"{label} {p:.3f}" for label, p in prediction.probabilities.items())
-            print(f"{prediction.label}\t({probabilities})\t{prediction.text}")
+        for prediction in predict_texts(Path(run_dir), texts, batch_size, runtime=runtime, pairs=pairs):
+            print("\t".join([readable_prediction(prediction.label), *(
+                [f"({', '.join(f'{label} {p:.3f}' for label, p in prediction.probabilities.items())})"]
+                if prediction.probabilities is not None else []), prediction.text,
+                *([prediction.text_pair] if prediction.text_pair is not None else [])]))
         return
+    if pairs:
+        raise UserInputError("--text-pair goes with --text; with --input the pairs come from the run's "
+                             "data.text_pair_column in the file")
     if not output_file:
         raise UserInputError("predict --input needs --output, the .csv or .jsonl file to write the predictions to")
     count = predict_file(Path(run_dir), Path(input_file), Path(output_file), text_column, batch_size,
                          runtime=runtime)
     print(f"labelled {count} texts: {output_file}")
+
+
+def readable_prediction(label: Any) -> str:
+    """A class, the list of labels ('joy|love', '(none)'), or a number."""
+    if isinstance(label, list):
+        return "|".join(label) or "(none)"
+    return f"{label:.4f}" if isinstance(label, float) else str(label)
 
 
 def export_command(run_dir: str, export_format: str, checkpoint: str, output: str | None) -> None:

@@ -24,6 +24,7 @@ from finetune_pipeline.runtime.files import write_atomically
 
 TABLES_DIR = "dataframes"  # under output.cache_dir
 JSON_TYPES = (str, int, float, bool, type(None))  # what a cell may hold; the readers check the rest
+LABEL_LIST_TYPES = (str, int)  # a multi-label cell may also hold a list of these
 
 
 def table_kind(data: Any) -> str | None:
@@ -85,7 +86,11 @@ def dataframe_values(frame: Any, wanted: list[str], source: str) -> tuple[list[s
 
 def json_line(values: dict[str, Any], source: str, row: int) -> str:
     for column, value in values.items():
-        if not isinstance(value, JSON_TYPES):
+        if hasattr(value, "tolist"):  # a numpy array (a list column read through pandas or pyarrow)
+            value = values[column] = value.tolist()
+        is_label_list = isinstance(value, (list, tuple)) and all(isinstance(item, LABEL_LIST_TYPES) for item in value)
+        if not isinstance(value, JSON_TYPES) and not is_label_list:
             raise UserInputError(f"{source}, row {row}, column '{column}': holds a {type(value).__name__}; a text "
-                                 "must be a string and a label a string or an integer")
+                                 "must be a string, a label a string, an integer, a number (regression) or a list "
+                                 "of labels (multi-label)")
     return json.dumps(values, ensure_ascii=False) + "\n"

@@ -126,11 +126,11 @@ def test_tokenize_counts_the_tokens_a_long_text_loses_and_remembers_a_split(tiny
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
     examples = [Example("good movie", "pos", 2), Example(" ".join(["bad"] * 20), "neg", 3)]
-    split = tokenize_split(examples, ["neg", "pos"], tokenizer, max_length=8)
+    split = tokenize_split(examples, ["neg", "pos"].index, tokenizer, max_length=8)
     assert [len(ids) for ids in split.input_ids] == [4, 8]  # [CLS] good movie [SEP]; cut to 8 with its [SEP]
     assert split.untruncated_lengths == [4, 22]  # 20 words and the two special tokens
     assert split.labels == [1, 0]
     # a sweep's next member tokenizes the same texts again: the ids come from memory, unchanged
-    again = tokenize_split([Example(e.text, e.label, e.line) for e in examples], ["neg", "pos"], tokenizer, 8)
+    again = tokenize_split([Example(e.text, e.label, e.line) for e in examples], ["neg", "pos"].index, tokenizer, 8)
     assert again.input_ids is split.input_ids
-    assert tokenize_split(examples, ["neg", "pos"], tokenizer, 16).input_ids is not split.input_ids
+    assert tokenize_split(examples, ["neg", "pos"].index, tokenizer, 16).input_ids is not split.input_ids

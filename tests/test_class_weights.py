@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune_pipeline.core.config import config_settings
-from finetune_pipeline.core.task import SingleLabelClassification, resolve_class_weights
+from finetune_pipeline.core.task import SingleLabelClassification
 from finetune_pipeline.runs import artifacts
 from finetune_pipeline.runs.preparation import dry_run
 from finetune_pipeline.runs.run import run_training
@@ -27,15 +27,18 @@ def step_losses(run_dir: Path) -> list[float]:
     return [float(event["loss"]) for event in run_log.read_events(run_dir / artifacts.TRAIN_LOG_FILE, "step")]
 
 
-def test_balanced_weights_come_from_the_train_split_and_average_one():
-    labels = [0] * 30 + [1] * 10  # label_names ["neg", "pos"]
-    weights = resolve_class_weights("balanced", ["neg", "pos"], labels)
+def test_balanced_weights_come_from_the_train_split_and_average_one(make_config):
+    labels = ["neg"] * 30 + ["pos"] * 10
+    weights = SingleLabelClassification.of(make_config(training={"class_weights": "balanced"}), ["neg", "pos"],
+                                           labels).class_weights
     assert weights == pytest.approx([40 / (2 * 30), 40 / (2 * 10)])
-    assert sum(weights[label] for label in labels) / len(labels) == pytest.approx(1.0)
+    assert sum(weights[label == "pos"] for label in labels) / len(labels) == pytest.approx(1.0)
 
 
-def test_a_mapping_weighs_the_labels_it_names_and_one_for_the_rest():
-    assert resolve_class_weights({"pos": 3.0}, ["neg", "neutral", "pos"], [0, 1, 2]) == [1.0, 1.0, 3.0]
+def test_a_mapping_weighs_the_labels_it_names_and_one_for_the_rest(make_config):
+    task = SingleLabelClassification.of(make_config(training={"class_weights": {"pos": 3.0}}),
+                                        ["neg", "neutral", "pos"], ["neg", "neutral", "pos"])
+    assert task.class_weights == [1.0, 1.0, 3.0]
 
 
 def test_the_weighted_loss_is_each_examples_loss_times_its_class_weight():

@@ -23,7 +23,7 @@ RUSSIAN = ["Тёплый и смешной фильм с добрым сердц
 
 def report_for(texts: list[str], tokenizer) -> dict:
     examples = [Example(text, "pos" if index % 2 else "neg", index + 2) for index, text in enumerate(texts)]
-    split = tokenize_split(examples, ["neg", "pos"], tokenizer, max_length=64)
+    split = tokenize_split(examples, ["neg", "pos"].index, tokenizer, max_length=64)
     return tokenization_report({"train": examples}, {"train": split}, tokenizer)
 
 

@@ -8,7 +8,8 @@ Two ideas save most of the compute on a weak machine:
 import functools
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.core.data import Example
 from finetune_pipeline.core.model import TextClassifier
+from finetune_pipeline.core.task import Label
 
 # Rounding the padded length up to a multiple of 8 leaves few distinct tensor shapes. On a CPU every new
 # shape makes oneDNN build and cache new kernels: with lengths 1..256 at batch 1 under bf16 that cache
@@ -35,7 +37,7 @@ class Batch(Protocol):
     """A batch the loop moves to the device and scores: token ids (TokenBatch), cached pooled features
     (feature_cache.FeatureBatch) or cached hidden states (hidden_state_cache.HiddenStateBatch)."""
 
-    labels: torch.Tensor  # (batch,)
+    labels: torch.Tensor  # (batch,) label ids or numbers, or (batch, labels) of 0/1
 
     def to(self, device: torch.device) -> "Batch": ...
 
@@ -59,7 +61,7 @@ class InputSplit(Protocol):
 class TokenBatch:
     input_ids: torch.Tensor  # (batch, seq) padded to the longest text in this batch
     attention_mask: torch.Tensor  # (batch, seq) 1 for real tokens, 0 for padding
-    labels: torch.Tensor  # (batch,)
+    labels: torch.Tensor  # (batch,) label ids or numbers, or (batch, labels) of 0/1
 
     def to(self, device: torch.device) -> "TokenBatch":
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
@@ -73,7 +75,7 @@ class TokenizedSplit:
     """A split as token ids (truncated to max_length, not padded) and label ids."""
 
     input_ids: list[list[int]]
-    labels: list[int]
+    labels: list[Any]  # targets as the task encodes them: label ids, 0/1 rows, numbers
     pad_token_id: int
     untruncated_lengths: list[int]  # token counts before max_length cut them
 
@@ -93,19 +95,20 @@ class TokenizedSplit:
         for row, sequence in enumerate(sequences):
             input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
             attention_mask[row, : len(sequence)] = 1
-        labels = torch.tensor([self.labels[index] for index in indices], dtype=torch.long)
+        labels = torch.tensor([self.labels[index] for index in indices])  # int64 ids, or float32 targets
         return TokenBatch(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
 def tokenize_split(
-    examples: list[Example], label_names: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int
+    examples: list[Example], encode: Callable[[Label], Any], tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> TokenizedSplit:
-    label_ids = {name: index for index, name in enumerate(label_names)}
+    """Token ids (a text pair in the backbone's own template) and each label as the task encodes it (encode)."""
     texts = tuple(example.text for example in examples)
-    input_ids, untruncated_lengths = encode_texts(tokenizer, texts, max_length)
+    pairs = tuple(example.text_pair for example in examples) if examples and examples[0].text_pair is not None else None
+    input_ids, untruncated_lengths = encode_texts(tokenizer, texts, max_length, pairs)
     return TokenizedSplit(
         input_ids=input_ids,
-        labels=[label_ids[example.label] for example in examples],
+        labels=[encode(example.label) for example in examples],
         pad_token_id=tokenizer.pad_token_id,
         untruncated_lengths=untruncated_lengths,
     )
@@ -115,17 +118,24 @@ def tokenize_split(
 # The cache holds the tokenizer object itself, so a key can never match another tokenizer's results.
 @functools.lru_cache(maxsize=SPLITS_REMEMBERED)
 def encode_texts(
-    tokenizer: PreTrainedTokenizerBase, texts: tuple[str, ...], max_length: int
+    tokenizer: PreTrainedTokenizerBase, texts: tuple[str, ...], max_length: int, pairs: tuple[str, ...] | None = None
 ) -> tuple[list[list[int]], list[int]]:
-    """(token ids truncated to max_length, token counts before truncation); callers must not modify them."""
+    """(token ids truncated to max_length, token counts before truncation); callers must not modify them.
+
+    With pairs, each text and its pair become one sequence in the backbone's template ([CLS] a [SEP] b [SEP] for
+    BERT), the longer of the two cut first. The segment ids (token_type_ids) are left out: sentence-transformers
+    backbones such as MiniLM were trained with segment 0 throughout, and position and [SEP] mark the pair."""
     ids_only = {"return_attention_mask": False, "return_token_type_ids": False}  # masks come with padding
-    input_ids = tokenizer(list(texts), truncation=True, max_length=max_length, **ids_only)["input_ids"]
+    second = {} if pairs is None else {"text_pair": list(pairs)}
+    input_ids = tokenizer(list(texts), truncation=True, max_length=max_length, **second, **ids_only)["input_ids"]
     lengths = [len(ids) for ids in input_ids]
     # Only a text that fills max_length can have been cut: tokenize just those again, untruncated, to count.
     # verbose=False: counting long texts is the point here, the "longer than the maximum" warning is not.
     full = [index for index, length in enumerate(lengths) if length == max_length]
     if full:
-        untruncated = tokenizer([texts[index] for index in full], truncation=False, verbose=False, **ids_only)
+        second = {} if pairs is None else {"text_pair": [pairs[index] for index in full]}
+        untruncated = tokenizer([texts[index] for index in full], truncation=False, verbose=False, **second,
+                                **ids_only)
         for index, ids in zip(full, untruncated["input_ids"], strict=True):
             lengths[index] = len(ids)
     return input_ids, lengths

@@ -34,9 +34,11 @@ class StrictModel(BaseModel):
 
 
 class ColumnNames(StrictModel):
-    """Per-file column names; a key left out falls back to data.text_column / data.label_column."""
+    """Per-file column names; a key left out falls back to data.text_column / data.text_pair_column /
+    data.label_column."""
 
     text_column: str | None = None
+    text_pair_column: str | None = None
     label_column: str | None = None
 
 
@@ -103,7 +105,15 @@ class DataConfig(StrictModel):
         "the default dataset's is not used: it is carved from the train file instead (see Data)"))
     test_file: str | None = Field(DEFAULT_DATA_FILES["test"], description="as `data.val_file`, for the test split")
     text_column: str = Field("text", description="the text column (or JSON Lines key)")
-    label_column: str = Field("label", description="the label column (or JSON Lines key)")
+    text_pair_column: str | None = Field(None, description=(
+        "a second text per example (sentence pairs: premise and hypothesis, two sentences to compare); both are "
+        "read together, in the backbone's own pair template. `null`: one text"))
+    label_column: str = Field("label", description=(
+        "the label column (or JSON Lines key): a class, a list of labels (`task` multi_label) or a number (`task` "
+        "regression)"))
+    label_separator: str | None = Field(None, min_length=1, description=(
+        "multi_label only: the separator of several labels in one CSV/TSV/Excel cell, e.g. `\"|\"` for `joy|love`; "
+        "a cell holding a JSON or Python list (`[\"joy\", \"love\"]`) needs none"))
     columns: ColumnOverrides = Field(ColumnOverrides(), description=(
         "per-file column names, for data whose headers differ between splits"))
     delimiter: Delimiter = Field(None, description=(
@@ -204,8 +214,11 @@ class TrainingConfig(StrictModel):
         "`no`, `fp16`, `bf16`; see below for what a device really runs"))
     log_every_steps: int = Field(50, ge=1, description=(
         "a train.log line every N optimizer steps (and at the end of each epoch)"))
-    metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description=(
-        "what val_score and test_score are: `accuracy` or `macro_f1`"))
+    metric: Literal["accuracy", "macro_f1", "micro_f1", "subset_accuracy", "rmse", "mae", "pearson", "spearman"] = Field(
+        "accuracy", description=(
+            "what val_score and test_score are (the best epoch is chosen by it): single_label `accuracy` or "
+            "`macro_f1`; multi_label `macro_f1` (its default), `micro_f1` or `subset_accuracy`; regression `rmse` (its "
+            "default), `mae` (both lower is better), `pearson` or `spearman`"))
     class_weights: ClassWeights = Field(None, description=(
         "weigh each class's examples in the loss: `\"balanced\"` (n / (classes × n_class), from the train split; the "
         "weights average 1), or `{\"label\": weight}` (a label left out weighs 1); `null`: every example weighs 1"))
@@ -225,6 +238,20 @@ class TrainingConfig(StrictModel):
         return self
 
 
+# Each task's metrics; the first is its default (training.metric left out of a config).
+TASK_METRICS = {
+    "single_label": ("accuracy", "macro_f1"),
+    "multi_label": ("macro_f1", "micro_f1", "subset_accuracy"),
+    "regression": ("rmse", "mae", "pearson", "spearman"),
+}
+LOWER_IS_BETTER = frozenset({"rmse", "mae"})  # errors; every other metric is a share or a correlation
+CONTINUOUS_METRICS = frozenset(TASK_METRICS["regression"])  # no fixed step per example: see core/resolution.py
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
 class OutputConfig(StrictModel):
     artifacts_root: str = Field("finetune_pipeline/artifacts", description="where run folders are created")
     cache_dir: str = Field("finetune_pipeline/cache", description=(
@@ -237,10 +264,33 @@ class Config(StrictModel):
     seed: int = Field(42, ge=0, le=2**32 - 1, description=(
         "seeds Python, NumPy and torch, the carved splits and the shuffling; same config + seed = same result on "
         "CPU"))
+    task: Literal["single_label", "multi_label", "regression"] = Field("single_label", description=(
+        "`single_label`: one class per text; `multi_label`: a set of labels per text (sigmoid per label, thresholds "
+        "chosen on val); `regression`: a number per text (standardised on the train split)"))
     data: DataConfig = Field(default_factory=DataConfig)  # its own instance: it holds the files' origins
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def settings_fit_the_task(self) -> "Config":
+        """The metric is one of the task's (the task's default when the config does not set it); class weights and a
+        label separator only where they mean something."""
+        allowed, problems = TASK_METRICS[self.task], []
+        if self.training.metric not in allowed:
+            if "metric" in self.training.model_fields_set:
+                problems.append(f"training.metric {self.training.metric!r} does not score a {self.task} task; choose "
+                                f"one of {', '.join(allowed)} (or leave it out: {allowed[0]})")
+            self.training.metric = allowed[0]
+        if self.task == "regression" and self.training.class_weights is not None:
+            problems.append("training.class_weights weighs classes, and a regression task has none: set it to null, "
+                            'or "task" to "single_label" or "multi_label"')
+        if self.task != "multi_label" and self.data.label_separator is not None:
+            problems.append(f'data.label_separator splits several labels per text, and task {self.task!r} has one: '
+                            'set "task" to "multi_label", or data.label_separator to null')
+        if problems:
+            raise ValueError("\n  - ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def lora_needs_a_trained_backbone(self) -> "Config":

@@ -40,7 +40,11 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     precision: Precision,
+    fit_decision: bool = False,
 ) -> dict[str, Any]:
-    """The task's metrics on a split, from its decisions on the model's logits."""
+    """The task's metrics on a split, from its decisions on the model's logits. fit_decision (the val split, after each
+    epoch): first choose what the decision rule learns from data (multi-label thresholds) on this split."""
     logits = predict_logits(model, split, batch_size, device, precision)
-    return task.metrics(list(map(int, split.labels)), task.decide(logits))
+    if fit_decision and (fitted := task.fit_decision(logits, split.labels)) is not None:
+        model.head.thresholds.copy_(fitted)  # kept with the weights: each checkpoint holds its own
+    return task.metrics(logits, split.labels, model.head.decision_thresholds)

@@ -35,7 +35,7 @@ CACHE_FORMAT_VERSION = 1
 @dataclass
 class FeatureBatch:
     features: torch.Tensor  # (batch, hidden) pooled backbone output
-    labels: torch.Tensor  # (batch,)
+    labels: torch.Tensor  # as TokenBatch's
 
     def to(self, device: torch.device) -> "FeatureBatch":
         return FeatureBatch(self.features.to(device), self.labels.to(device))

@@ -50,7 +50,7 @@ STATES_FILE, OFFSETS_FILE, ENTRY_FILE = "states.npy", "offsets.npy", "entry.json
 class HiddenStateBatch:
     hidden_states: torch.Tensor  # (batch, seq, hidden) float32, what enters the first trained layer
     attention_mask: torch.Tensor  # (batch, seq)
-    labels: torch.Tensor  # (batch,)
+    labels: torch.Tensor  # as TokenBatch's
     first_trained_layer: int
 
     def to(self, device: torch.device) -> "HiddenStateBatch":
@@ -69,7 +69,7 @@ class HiddenStateSplit:
 
     states: np.ndarray  # (tokens, hidden), read-only memory map
     offsets: np.ndarray  # (texts + 1,)
-    labels: list[int]
+    labels: list[Any]  # as TokenizedSplit's
     first_trained_layer: int
 
     def __len__(self) -> int:
@@ -91,7 +91,7 @@ class HiddenStateSplit:
             hidden_states[row, :length] = torch.from_numpy(np.array(self.states[start : start + length],
                                                                     dtype=np.float32))  # a copy, writable
             attention_mask[row, :length] = 1
-        labels = torch.tensor([self.labels[index] for index in indices], dtype=torch.long)
+        labels = torch.tensor([self.labels[index] for index in indices])  # as TokenizedSplit.batch makes them
         return HiddenStateBatch(hidden_states, attention_mask, labels, self.first_trained_layer)
 
 

@@ -44,15 +44,16 @@ def dominant_script(texts: list[str]) -> str:
 def split_statistics(examples: list[Example], split: TokenizedSplit,
                      tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """Tokens per whitespace-separated word (before truncation, special tokens left out), the share of unknown
-    tokens, and the texts' script."""
-    specials = tokenizer.num_special_tokens_to_add()
-    words = sum(len(example.text.split()) for example in examples)
+    tokens, and the texts' script; a text pair's two texts both count."""
+    texts = [text for example in examples for text in (example.text, example.text_pair) if text is not None]
+    specials = tokenizer.num_special_tokens_to_add(pair=bool(examples) and examples[0].text_pair is not None)
+    words = sum(len(text.split()) for text in texts)
     tokens = sum(max(length - specials, 0) for length in split.untruncated_lengths)
     kept = sum(max(len(ids) - specials, 0) for ids in split.input_ids)  # [CLS] and [SEP] are never unknown
     unknown_id = tokenizer.unk_token_id
     unknown = 0 if unknown_id is None else sum(ids.count(unknown_id) for ids in split.input_ids)
     return {
-        "script": dominant_script([example.text for example in examples]),
+        "script": dominant_script(texts),
         "tokens_per_word": tokens / words if words else 0.0,
         "unknown_token_share": unknown / kept if kept else 0.0,
     }

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from finetune_pipeline.core.config import DEFAULT_BACKBONE, Config, LoraSettings, ModelConfig
+from finetune_pipeline.core.task import Task
 from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
 
@@ -99,14 +100,25 @@ def backbone_max_length(backbone_config: PretrainedConfig) -> int | None:
 
 
 class ClassifierHead(nn.Module):
-    """Linear(hidden, hidden_dim) -> GELU -> Dropout -> Linear(hidden_dim, num_labels)."""
+    """Linear(hidden, hidden_dim) -> GELU -> Dropout -> Linear(hidden_dim, num_labels).
 
-    def __init__(self, hidden_size: int, hidden_dim: int, num_labels: int, dropout: float) -> None:
+    A multi-label head also holds each label's decision threshold (a buffer: saved, loaded and exported with the
+    weights, never trained; chosen on val after each epoch, see task.py)."""
+
+    def __init__(self, hidden_size: int, hidden_dim: int, num_labels: int, dropout: float,
+                 thresholds: bool = False) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_dim)
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(hidden_dim, num_labels)
+        if thresholds:
+            self.register_buffer("thresholds", torch.full((num_labels,), 0.5))
+
+    @property
+    def decision_thresholds(self) -> torch.Tensor | None:
+        """Each label's threshold (a multi-label head), else None."""
+        return getattr(self, "thresholds", None)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # (batch, hidden) -> (batch, num_labels)
@@ -144,11 +156,12 @@ class TextClassifier(nn.Module):
     """
 
     def __init__(self, backbone: "PreTrainedModel | None", backbone_config: PretrainedConfig, config: ModelConfig,
-                 num_labels: int) -> None:
+                 num_labels: int, thresholds: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = config.pooling
-        self.head = ClassifierHead(backbone_config.hidden_size, config.hidden_dim, num_labels, config.dropout)
+        self.head = ClassifierHead(backbone_config.hidden_size, config.hidden_dim, num_labels, config.dropout,
+                                   thresholds)
         self.backbone_frozen = False
         self.frozen_modules: list[nn.Module] = []  # kept in eval mode by train(): no dropout where nothing trains
 
@@ -274,20 +287,20 @@ class TextClassifier(nn.Module):
 
 
 def build_classifier(backbone: "PreTrainedModel | None", backbone_config: PretrainedConfig, config: Config,
-                     num_labels: int, mode: TrainingMode) -> TextClassifier:
-    """The one way a TextClassifier is made, for training as for loading a trained run: the head on the backbone,
-    then frozen, adapted and checkpointed as the training mode says."""
-    model = TextClassifier(backbone, backbone_config, config.model, num_labels)
+                     task: Task, mode: TrainingMode) -> TextClassifier:
+    """The one way a TextClassifier is made, for training as for loading a trained run: the head the task needs on
+    the backbone, then frozen, adapted and checkpointed as the training mode says."""
+    model = TextClassifier(backbone, backbone_config, config.model, task.num_outputs, task.decides_by_threshold)
     mode.prepare(model)
     return model
 
 
-def build_model(config: Config, num_labels: int) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
+def build_model(config: Config, task: Task) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
     """The model with its pretrained backbone (and its LoRA adapters, where the run had them), and its tokenizer:
     to load a trained run's weights into."""
     tokenizer, backbone_config = load_tokenizer(config.model.backbone)
     mode = TrainingMode.of(config).with_layers(backbone_config)
-    return build_classifier(load_backbone(config.model.backbone), backbone_config, config, num_labels, mode), tokenizer
+    return build_classifier(load_backbone(config.model.backbone), backbone_config, config, task, mode), tokenizer
 
 
 def count_parameters(model: TextClassifier, unloaded_backbone_parameters: int = 0) -> dict[str, int]:

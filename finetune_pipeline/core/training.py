@@ -290,7 +290,7 @@ def end_of_epoch(
     the resume checkpoint from which the next epoch starts."""
     training = config.training
     train_time = time.perf_counter() - epoch_started
-    val_metrics = evaluate(model, val, task, training.eval_batch_size, device, precision)
+    val_metrics = evaluate(model, val, task, training.eval_batch_size, device, precision, fit_decision=True)
     val_score = val_metrics[training.metric]
     fault_point("epoch_end")
     record = EpochRecord(state.epoch, state.losses.epoch_sum / state.losses.epoch_examples, val_metrics, val_score,

@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from finetune_pipeline.core.config import CONTINUOUS_METRICS, higher_is_better
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, describe_resolution, in_examples
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.experiments.fairness import find_notes, find_warnings
@@ -128,11 +129,15 @@ def compare_runs(run_dirs: list[Path], output_dir: Path, reference_given: bool =
 
 
 def resolution_lines(reference: RunRow) -> list[str]:
-    lines = [describe_resolution(split, reference.split_sizes[split], reference.metric)
+    metric = reference.metric
+    direction = f"scores are {metric}: {'higher' if higher_is_better(metric) else 'lower'} is better"
+    lines = [describe_resolution(split, reference.split_sizes[split], metric)
              for split in ("val", "test") if split in reference.split_sizes]
     if not lines:
-        return [f"resolution unknown: the reference's {METRICS_FILE} has no split_sizes"]
-    return lines + [f"a difference of fewer than {RESOLUTION_EXAMPLES} val examples is {BELOW_RESOLUTION}"]
+        return [f"resolution unknown: the reference's {METRICS_FILE} has no split_sizes", direction]
+    if metric in CONTINUOUS_METRICS:
+        return [*lines, direction]
+    return [*lines, f"a difference of fewer than {RESOLUTION_EXAMPLES} val examples is {BELOW_RESOLUTION}", direction]
 
 
 def write_text(path: Path, text: str) -> None:
@@ -253,7 +258,8 @@ def val_difference(sample: Sample, reference: Sample) -> tuple[float | None, flo
     if value is None or reference_value is None:
         return None, None
     val_size = reference.first.split_sizes.get("val")
-    return value - reference_value, None if val_size is None else in_examples(value - reference_value, val_size)
+    difference = value - reference_value
+    return difference, None if val_size is None else in_examples(difference, val_size, reference.first.metric)
 
 
 def delta_cell(sample: Sample, reference: Sample) -> str:

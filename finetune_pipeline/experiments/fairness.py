@@ -8,7 +8,7 @@ configs without a measured noise the command that measures it on these very runs
 import shlex
 from typing import Any, Callable
 
-from finetune_pipeline.core.config import changed_values
+from finetune_pipeline.core.config import changed_values, higher_is_better
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, in_examples
 from finetune_pipeline.experiments.run_rows import (
     RunRow,
@@ -134,9 +134,12 @@ def repeat_note(sample: Sample) -> str:
 
 
 def verdict_note(group: SeedGroup, reference: SeedGroup, val_size: int | None) -> str:
-    examples = ("" if val_size is None
-                else f", {abs(in_examples(group.difference, val_size)):.1f} of {val_size} val examples")
-    head = f"{group.name} vs the reference: mean best val differs by {group.difference:+.4f}{examples}"
+    metric = reference.samples[0].first.metric
+    worth = None if val_size is None else in_examples(group.difference, val_size, metric)
+    examples = "" if worth is None else f", {abs(worth):.1f} of {val_size} val examples"
+    direction = "" if higher_is_better(metric) else f" ({'better' if group.difference < 0 else 'worse'}: lower " \
+                                                   f"{metric} is better)"
+    head = f"{group.name} vs the reference: mean best val differs by {group.difference:+.4f}{direction}{examples}"
     if group.vs_reference == BELOW_RESOLUTION:
         return (f"{head}: {BELOW_RESOLUTION} of the val set (fewer than {RESOLUTION_EXAMPLES} examples), whatever the "
                 "seeds say; no evidence of an effect")

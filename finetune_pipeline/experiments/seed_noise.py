@@ -103,7 +103,7 @@ def seed_groups(samples: list[Sample]) -> list[SeedGroup]:
                       else best_val.mean - reference_best_val.mean)
         threshold = welch_threshold(best_val, reference_best_val)
         groups.append(SeedGroup(group_name(group_samples[0].first), group_samples, best_val, test, difference,
-                                threshold, verdict(difference, threshold, val_size)))
+                                threshold, verdict(difference, threshold, val_size, samples[0].first.metric)))
     return groups
 
 
@@ -142,11 +142,11 @@ def welch_threshold(group: Spread, reference: Spread) -> float | None:
     return float(stats.t.ppf(1 - SIGNIFICANCE / 2, degrees_of_freedom)) * standard_error
 
 
-def verdict(difference: float | None, threshold: float | None, val_size: int | None) -> str:
+def verdict(difference: float | None, threshold: float | None, val_size: int | None, metric: str) -> str:
     """Below the val set's resolution first (seeds cannot make one example meaningful), then Welch's test."""
     if difference is None:
         return NOISE_UNKNOWN
-    if val_size is not None and below_resolution(difference, val_size):
+    if val_size is not None and below_resolution(difference, val_size, metric):
         return BELOW_RESOLUTION
     if threshold is None:
         return NOISE_UNKNOWN

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from finetune_pipeline.core.config import Config, config_from_dict
 from finetune_pipeline.core.freeze_proof import fingerprint_of, tensor_sha256
 from finetune_pipeline.core.model import TextClassifier, build_model
+from finetune_pipeline.core.task import Task, loaded_task
 from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.run_metrics import RunMetrics
@@ -94,8 +95,7 @@ def left_out_sha256(backbone_hashes: dict[str, str], saved: dict[str, Any]) -> s
 
 
 def checkpoint_payload(
-    model: TextClassifier, label_names: list[str], config: Config, epoch: int, step: int,
-    backbone_hashes: dict[str, str],
+    model: TextClassifier, task: Task, config: Config, epoch: int, step: int, backbone_hashes: dict[str, str],
 ) -> dict[str, Any]:
     """Only tensors and plain types, so that torch.load(path, weights_only=True) can read it.
 
@@ -115,7 +115,8 @@ def checkpoint_payload(
         # the pretrained backbone it started from, or the part of it left out
         "backbone_sha256": fingerprint_of(backbone_hashes) if backbone_included else left_out_sha256(backbone_hashes,
                                                                                                       state),
-        "label_names": list(label_names),
+        "label_names": list(task.label_names),
+        "task": task.record(),  # what rebuilds the task when the model is loaded (loaded_task)
         "config": config.to_plain(),
         "epoch": epoch,
         "step": step,
@@ -148,6 +149,7 @@ class LoadedRun:
     tokenizer: PreTrainedTokenizerBase
     label_names: list[str]
     config: Config
+    task: Task
     metrics: RunMetrics  # empty (every field unknown) for a model that comes without its run folder
 
 
@@ -156,8 +158,9 @@ def load_run(run_dir: str | Path, checkpoint: str = BEST_MODEL_FILE) -> LoadedRu
     run_dir = Path(run_dir)
     payload = load_checkpoint(run_dir / checkpoint)
     config = config_from_dict(payload["config"], source=str(run_dir / checkpoint))
-    model, tokenizer = build_model(config, num_labels=len(payload["label_names"]))
+    task = loaded_task(payload["label_names"], payload.get("task"), config.training.metric)
+    model, tokenizer = build_model(config, task)
     restore_weights(model, payload, run_dir / checkpoint)
     metrics_path = run_dir / METRICS_FILE
     metrics = RunMetrics.read(metrics_path) if metrics_path.exists() else RunMetrics()
-    return LoadedRun(model.eval(), tokenizer, payload["label_names"], config, metrics)
+    return LoadedRun(model.eval(), tokenizer, payload["label_names"], config, task, metrics)

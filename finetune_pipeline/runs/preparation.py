@@ -25,7 +25,7 @@ from finetune_pipeline.core.model import (
     load_tokenizer,
     resolve_backbone,
 )
-from finetune_pipeline.core.task import SingleLabelClassification, Task, imbalance_warning, label_distribution
+from finetune_pipeline.core.task import Task, build_task, imbalance_warning, task_type
 from finetune_pipeline.core.training import optimizer_steps_per_epoch, seed_everything
 from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
@@ -75,7 +75,8 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
         torch.cuda.set_device(device)
     precision = resolve_precision(config.training.mixed_precision, device)
     allow_tf32(device)
-    splits = load_splits(config.data, config.seed)
+    splits = load_splits(config.data, config.seed, task_type(config))
+    task = build_task(config, splits.label_names, [example.label for example in splits.train])
 
     tokenizer, backbone_config = load_tokenizer(config.model.backbone)
     longest = backbone_max_length(backbone_config)
@@ -86,10 +87,9 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
         )
     mode = TrainingMode.of(config).with_layers(backbone_config)
     examples = dict(zip(SPLIT_NAMES, (splits.train, splits.val, splits.test), strict=True))
-    tokenized = {name: tokenize_split(split, splits.label_names, tokenizer, config.data.max_length)
+    tokenized = {name: tokenize_split(split, task.encode, tokenizer, config.data.max_length)
                  for name, split in examples.items()}
     tokenization = tokenization_report(examples, tokenized, tokenizer)
-    task = SingleLabelClassification.of(config, splits.label_names, tokenized["train"].labels)
 
     cache_dir, location = Path(config.output.cache_dir), resolve_backbone(config.model.backbone)
     remembered = backbone_memo.recall(cache_dir, location) if mode.caches_features else None
@@ -113,7 +113,7 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
 
     # Seeded after loading: the head starts the same whether or not the backbone was loaded.
     seed_everything(config.seed)  # python, numpy and torch RNGs
-    model = build_classifier(backbone, backbone_config, config, len(splits.label_names), mode)
+    model = build_classifier(backbone, backbone_config, config, task, mode)
     return PreparedRun(config, mode, task, device, precision, splits, model.to(device), tokenized, backbone_before,
                        backbone_parameters, keys, found, tokenization,
                        language_warning(tokenization, config.model.backbone))
@@ -141,7 +141,8 @@ def dry_run(config: Config) -> dict[str, Any]:
         "device": str(prepared.device),
         "mixed_precision": {"requested": prepared.precision.requested, "used": prepared.precision.used,
                             "reason": prepared.precision.reason},
-        "data_sources": describe_sources(config.data, config.seed),
+        "data_sources": describe_sources(config.data, config.seed, type(prepared.task)),
+        "task": prepared.task.name,
         "split_sizes": prepared.splits.sizes(),
         "label_names": prepared.splits.label_names,
         "label_distribution": label_distributions(prepared),
@@ -169,10 +170,9 @@ def describe_backbone_use(prepared: PreparedRun) -> str:
     return mode.describe(layers, cache_mib, prepared.config.output.cache_dir)
 
 
-def label_distributions(prepared: PreparedRun) -> dict[str, dict[str, int]]:
-    """Per split: label -> examples."""
-    return {name: label_distribution(split.labels, prepared.splits.label_names)
-            for name, split in prepared.tokenized.items()}
+def label_distributions(prepared: PreparedRun) -> dict[str, dict[str, float]]:
+    """Per split: label -> examples (a regression target: its mean, std, min and max)."""
+    return {name: prepared.task.distribution(split.labels) for name, split in prepared.tokenized.items()}
 
 
 def token_lengths(prepared: PreparedRun) -> dict[str, dict[str, float]]:

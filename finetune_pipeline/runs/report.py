@@ -70,8 +70,7 @@ def render_page(run: RunRecord, curves_png: bytes) -> str:
         ("Headline", lambda: headline_section(run.metrics)),
         ("Mixed precision", lambda: precision_section(metrics)),
         ("Curves", lambda: curves_section(curves_png)),
-        ("Per class", lambda: per_class_section(metrics)),
-        ("Confusion matrix", lambda: confusion_section(metrics)),
+        *task_sections(metrics),
         ("Freeze proof", lambda: freeze_proof_section(run.freeze_proof)),
         ("Split sizes and resolution", lambda: split_sizes_section(metrics)),
         ("Config", lambda: config_section(run.config)),
@@ -148,22 +147,50 @@ def evaluation_source(metrics: RunMetrics) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def per_class_section(metrics: RunMetrics) -> str:
+def task_sections(metrics: RunMetrics) -> list[tuple[str, Callable[[], str]]]:
+    """What the task's metrics hold: per class and the confusion matrix (single-label), per label with its threshold
+    (multi-label), the error measures and the target's scaling (regression)."""
+    if metrics.task_type == "regression":
+        return [("Scores", lambda: regression_section(metrics))]
+    per_label = ("Per label", lambda: per_class_section(metrics, ["threshold"]))
+    if metrics.task_type == "multi_label":
+        return [per_label]
+    return [("Per class", lambda: per_class_section(metrics, [])), ("Confusion matrix", lambda: confusion_section(metrics))]
+
+
+def per_class_section(metrics: RunMetrics, extra_columns: list[str]) -> str:
     source = evaluation_source(metrics)
     if source is None or not source[1].get("per_class"):
         return missing(f"{METRICS_FILE} has neither test_metrics nor val_metrics: no epoch was evaluated")
     split, evaluated = source
     train_counts = (metrics.label_distribution or {}).get("train")  # older runs did not record these two
     weights = metrics.class_weights
+    columns = ["precision", "recall", "f1", "support", *extra_columns]
     rows = [
-        [cell(name), *(cell(scores[key], "number") for key in ("precision", "recall", "f1", "support")),
+        [cell(name), *(cell(scores.get(key), "number") for key in columns),
          *([cell(train_counts.get(name), "number")] if train_counts else []),
          *([cell(weights.get(name), "number")] if weights else [])]
         for name, scores in evaluated["per_class"].items()
     ]
-    header = ["label", "precision", "recall", "f1", "support", *(["train examples"] if train_counts else []),
+    header = ["label", *columns, *(["train examples"] if train_counts else []),
               *(["weight in the loss (training.class_weights)"] if weights else [])]
-    return f"<p>From the {escape(split)}.</p>\n" + table(header, rows)
+    chosen = " Each label's threshold was chosen on the val split (the F1-best)." if extra_columns else ""
+    return f"<p>From the {escape(split)}.{chosen}</p>\n" + table(header, rows)
+
+
+def regression_section(metrics: RunMetrics) -> str:
+    scores = [(split, values) for split, values in (("val (best epoch)", metrics.val_metrics),
+                                                    ("test (best checkpoint)", metrics.test_metrics)) if values]
+    if not scores:
+        return missing(f"{METRICS_FILE} has neither test_metrics nor val_metrics: no epoch was evaluated")
+    names = ["rmse", "mae", "pearson", "spearman"]
+    scaling = metrics.task or {}
+    note = (f"<p>RMSE and MAE are in the target's units (lower is better); Pearson and Spearman are correlations "
+            f"(higher is better). The model predicts the target standardised with the train split's mean "
+            f"{show(scaling.get('target_mean'))} and standard deviation {show(scaling.get('target_std'))}, and "
+            "every prediction is turned back into the target's units.</p>")
+    return table(["split", *names], [[cell(split), *(cell(values.get(name), "number") for name in names)]
+                                     for split, values in scores]) + "\n" + note
 
 
 def confusion_section(metrics: RunMetrics) -> str:

@@ -178,7 +178,7 @@ class RunFolder:
 
     def model_payload(self, epoch: int, step: int) -> dict[str, Any]:
         prepared = self.prepared
-        return artifacts.checkpoint_payload(prepared.model, prepared.splits.label_names, prepared.config, epoch, step,
+        return artifacts.checkpoint_payload(prepared.model, prepared.task, prepared.config, epoch, step,
                                             prepared.backbone_before.hashes)
 
 
@@ -221,7 +221,7 @@ def initial_metrics(prepared: PreparedRun, kept: dict[str, Any]) -> RunMetrics:
         "history": [],
         "split_sizes": splits.sizes(),
         "label_names": splits.label_names,
-        "task": prepared.task.name,
+        "task": prepared.task.record(),
         "label_distribution": label_distributions(prepared),
         "class_weights": prepared.task.class_weight_table(),
         "token_lengths": token_lengths(prepared),
@@ -230,7 +230,7 @@ def initial_metrics(prepared: PreparedRun, kept: dict[str, Any]) -> RunMetrics:
         "seed": config.seed,
         "config_hash": config.fingerprint(),
         "data_files": data_fingerprints(config.data),
-        "data_sources": describe_sources(config.data, config.seed),
+        "data_sources": describe_sources(config.data, config.seed, type(prepared.task)),
         "code_version": code_version(),
         "device": str(prepared.device),
         "mixed_precision": {"requested": precision.requested, "used": precision.used, "reason": precision.reason},

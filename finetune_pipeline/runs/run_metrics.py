@@ -41,8 +41,8 @@ class RunMetrics(BaseModel):
     # the data
     split_sizes: dict[str, int] | None = None
     label_names: list[str] | None = None
-    task: str | None = None  # core.task: single_label
-    label_distribution: dict[str, dict[str, int]] | None = None  # split -> label -> examples
+    task: dict[str, Any] | None = None  # core.task's record: its type (and a regression target's scaling)
+    label_distribution: dict[str, dict[str, int | float]] | None = None  # split -> label -> examples (or statistics)
     class_weights: dict[str, float] | None = None  # label -> weight in the loss (training.class_weights)
     token_lengths: dict[str, dict[str, float]] = {}
     tokenization: dict[str, dict[str, Any]] | None = None
@@ -73,6 +73,11 @@ class RunMetrics(BaseModel):
     # what it cost
     wall_time_s: float | None = None  # every session's time, for a resumed run
     peak_memory_mb: dict[str, float] | None = None
+
+    @property
+    def task_type(self) -> str:
+        """single_label, multi_label or regression (a run from before tasks was single-label)."""
+        return (self.task or {}).get("type", "single_label")
 
     @property
     def metric_name(self) -> str:

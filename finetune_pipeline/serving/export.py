@@ -14,6 +14,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts, run_lock
 from finetune_pipeline.runtime import files
@@ -39,7 +40,7 @@ def export_run(run_dir: Path, export_format: str = "hf", checkpoint: str = "best
     run_dir = Path(run_dir)
     check_completed(run_dir)
     run = artifacts.load_run(run_dir, CHECKPOINTS[checkpoint])
-    if run.config.model.lora is not None:
+    if TrainingMode.of(run.config).lora is not None:
         run.model.merge_lora()  # plain weights (W + alpha / r B A): transformers and onnxruntime load them as they are
     source = {"run_dir": run_dir.name, "checkpoint": CHECKPOINTS[checkpoint]}
     run_config_file = files.read_json_object(run_dir / artifacts.CONFIG_FILE)  # for the model card, as it is

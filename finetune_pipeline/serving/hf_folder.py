@@ -15,11 +15,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from finetune_pipeline.core.config import config_from_dict
 from finetune_pipeline.core.model import TextClassifier
+from finetune_pipeline.core.task import loaded_task
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.artifacts import LoadedRun
 from finetune_pipeline.runs.run_metrics import RunMetrics
@@ -31,6 +33,10 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 RUN_KEY = "finetune_pipeline"  # config.json's record of the run: {"run_dir", "checkpoint", "config"}
 
+THRESHOLDS_KEY = "head.thresholds"  # a multi-label head's buffer (core/model.py)
+PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
+                 "regression": "regression"}  # transformers' names for the tasks
+
 # transformers names an encoder "encoder" (its "backbone" means a vision backbone); this package says backbone.
 PACKAGE_PREFIX, EXPORT_PREFIX = "backbone.", "encoder."
 
@@ -40,6 +46,8 @@ def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_co
     when complete, so its files need no atomic writes of their own."""
     config_class, model_class = shipped_model_classes()
     label_names = run.label_names
+    state = run.model.state_dict()
+    thresholds = state.pop(THRESHOLDS_KEY, None)  # into config.json: a decision rule, not a weight to load
     config = config_class(
         encoder_config=run.model.backbone.config.to_dict(),
         pooling=run.config.model.pooling,
@@ -47,11 +55,15 @@ def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_co
         head_dropout=run.config.model.dropout,
         id2label=dict(enumerate(label_names)),
         label2id={name: index for index, name in enumerate(label_names)},
-        problem_type="single_label_classification",  # the pipeline applies softmax, as predict does
-        **{RUN_KEY: {**source, "config": run.config.to_plain()}},
+        # the pipeline applies softmax (single-label) or sigmoid (multi-label), as predict does
+        problem_type=PROBLEM_TYPES[run.task.name],
+        label_thresholds=None if thresholds is None else thresholds.tolist(),
+        **({"target_mean": run.task.target_mean, "target_std": run.task.target_std}
+           if run.task.name == "regression" else {}),
+        **{RUN_KEY: {**source, "config": run.config.to_plain(), "task": run.task.record()}},
     )
     model = model_class(config)
-    model.load_state_dict(renamed(run.model.state_dict(), PACKAGE_PREFIX, EXPORT_PREFIX))  # strict: every weight
+    model.load_state_dict(renamed(state, PACKAGE_PREFIX, EXPORT_PREFIX))  # strict: every weight
     model.save_pretrained(folder)  # safetensors: no pickle
     exported_tokenizer(run).save_pretrained(folder)
     (folder / CARD_FILE).write_text(model_card(run, source, run_config_file), encoding="utf-8")
@@ -110,10 +122,14 @@ def load_hf_export(folder: Path) -> tuple[LoadedRun, str]:
         raise UserInputError(f"{folder / CONFIG_FILE}: not a config that finetune export wrote ({err!r}); "
                              "export the run again") from None
     run_config = config_from_dict(record["config"], source=str(folder / CONFIG_FILE))
+    task = loaded_task(label_names, record.get("task"), run_config.training.metric)
     # The architecture comes from the config alone; every weight then comes from the folder.
     backbone = AutoModel.from_config(backbone_config, attn_implementation="sdpa")
-    model = TextClassifier(backbone, backbone_config, run_config.model, num_labels=len(label_names))
-    model.load_state_dict(renamed(load_file(folder / WEIGHTS_FILE), EXPORT_PREFIX, PACKAGE_PREFIX))
+    model = TextClassifier(backbone, backbone_config, run_config.model, task.num_outputs, task.decides_by_threshold)
+    state = renamed(load_file(folder / WEIGHTS_FILE), EXPORT_PREFIX, PACKAGE_PREFIX)
+    if task.decides_by_threshold:
+        state[THRESHOLDS_KEY] = torch.tensor(hf_config["label_thresholds"])
+    model.load_state_dict(state)
     # config= : AutoTokenizer would otherwise read config.json, whose auto_map asks to trust remote code
     tokenizer = AutoTokenizer.from_pretrained(folder, config=backbone_config)
-    return LoadedRun(model.eval(), tokenizer, label_names, run_config, metrics=RunMetrics()), record["checkpoint"]
+    return LoadedRun(model.eval(), tokenizer, label_names, run_config, task, metrics=RunMetrics()), record["checkpoint"]

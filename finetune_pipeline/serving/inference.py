@@ -23,8 +23,8 @@ from finetune_pipeline.core.batching import TokenizedSplit, tokenize_split
 from finetune_pipeline.core.data import Example, check_labels_seen_in_train, checked_text, read_labelled_file
 from finetune_pipeline.core.device import Precision, resolve_precision
 from finetune_pipeline.core.evaluation import evaluate, predict_logits
-from finetune_pipeline.core.task import SingleLabelClassification
 from finetune_pipeline.core.model import TextClassifier
+from finetune_pipeline.core.task import Task
 from finetune_pipeline.core.readers import FileSettings, check_file, decode, read_records, source_sha256
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, LoadedRun, load_run
@@ -39,8 +39,9 @@ RUNTIMES = ("torch", "onnx")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 # The command-line options that name the files and columns, for messages that say what to change.
-EVALUATE_SETTINGS = FileSettings(file="--data", columns={"text": "--text-column", "label": "--label-column"})
-PREDICT_SETTINGS = FileSettings(file="--input", columns={"text": "--text-column"})
+EVALUATE_SETTINGS = FileSettings(file="--data", columns={"text": "--text-column", "label": "--label-column",
+                                                           "text_pair": "the run's data.text_pair_column"})
+PREDICT_SETTINGS = FileSettings(file="--input", columns={"text": "--text-column", "text_pair": "the run's data.text_pair_column"})
 
 
 class Classifier(Protocol):
@@ -50,6 +51,9 @@ class Classifier(Protocol):
     tokenizer: PreTrainedTokenizerBase
     max_length: int  # the run's data.max_length: texts are cut as in training
     text_column: str  # the run's data.text_column, predict_file's default column
+    text_pair_column: str | None  # the run's data.text_pair_column: a pair model reads two texts
+    task: Task  # what the logits mean, and how a prediction is decided
+    thresholds: torch.Tensor | None  # a multi-label model's, chosen on val
 
     def logits(self, split: TokenizedSplit, batch_size: int) -> torch.Tensor:
         """(examples, num_labels) float32, in the split's order."""
@@ -62,7 +66,13 @@ class TorchClassifier:
     tokenizer: PreTrainedTokenizerBase
     max_length: int
     text_column: str
+    text_pair_column: str | None
+    task: Task
     precision: Precision
+
+    @property
+    def thresholds(self) -> torch.Tensor | None:
+        return self.model.head.decision_thresholds
 
     def logits(self, split: TokenizedSplit, batch_size: int) -> torch.Tensor:
         return predict_logits(self.model, split, batch_size, CPU, self.precision)
@@ -71,8 +81,11 @@ class TorchClassifier:
 @dataclass
 class Prediction:
     text: str
-    label: str  # the most probable class
-    probabilities: dict[str, float]  # every class, in the run's label order; they sum to 1
+    # single-label: the most probable class; multi-label: the list of labels at or above their thresholds;
+    # regression: the predicted number
+    label: Any
+    probabilities: dict[str, float] | None  # every label's, in the run's order (softmax; sigmoid); None: regression
+    text_pair: str | None = None
 
 
 def evaluate_file(
@@ -89,13 +102,14 @@ def evaluate_file(
     output = evaluation_path(run_dir, data_file.stem if name is None else name)
     run, precision, checkpoint = load_torch_model(run_dir, checkpoint)
     data = run.config.data
+    kind = type(run.task)
     examples = read_labelled_file(data_file, text_column or data.text_column, label_column or data.label_column,
-                                  EVALUATE_SETTINGS)
-    check_labels_seen_in_train(examples, run.label_names, "evaluation", str(data_file))
-    split = tokenize_split(examples, run.label_names, run.tokenizer, data.max_length)
+                                  EVALUATE_SETTINGS, text_pair_column=data.text_pair_column, task=kind,
+                                  label_separator=data.label_separator)
+    check_labels_seen_in_train(examples, run.label_names, "evaluation", str(data_file), kind)
+    split = tokenize_split(examples, run.task.encode, run.tokenizer, data.max_length)
     # the batches of the run's own test evaluation: a CPU run's test file gives exactly its test metrics
-    task = SingleLabelClassification.of(run.config, run.label_names)
-    metrics = evaluate(run.model, split, task, run.config.training.eval_batch_size, CPU, precision)
+    metrics = evaluate(run.model, split, run.task, run.config.training.eval_batch_size, CPU, precision)
     metrics.update(
         examples=len(examples),
         data_file=str(data_file.resolve()),
@@ -115,11 +129,15 @@ def evaluation_path(run_dir: Path, name: str) -> Path:
 
 
 def predict_texts(
-    run_dir: Path, texts: list[str], batch_size: int = 32, checkpoint: str = BEST_MODEL_FILE, runtime: str = "torch"
+    run_dir: Path, texts: list[str], batch_size: int = 32, checkpoint: str = BEST_MODEL_FILE, runtime: str = "torch",
+    pairs: list[str] | None = None,
 ) -> list[Prediction]:
-    """The run's prediction for each text, in the order given (run_dir: see load_classifier)."""
+    """The run's prediction for each text (and its pair, for a model trained on text pairs), in the order given
+    (run_dir: see load_classifier)."""
     check_texts(texts)
-    return predictions_for(load_classifier(Path(run_dir), checkpoint, runtime), texts, batch_size)
+    classifier = load_classifier(Path(run_dir), checkpoint, runtime)
+    check_pairs(classifier, texts, pairs)
+    return predictions_for(classifier, texts, batch_size, pairs)
 
 
 def predict_file(
@@ -141,8 +159,8 @@ def predict_file(
     if output_file.resolve() == input_file.resolve():
         raise UserInputError(f"--output {output_file}: is the input file; write the predictions to another file")
     classifier = load_classifier(Path(run_dir), checkpoint, runtime)
-    texts = read_texts(input_file, text_column or classifier.text_column)
-    predictions = predictions_for(classifier, texts, batch_size)
+    texts, pairs = read_texts(input_file, text_column or classifier.text_column, classifier.text_pair_column)
+    predictions = predictions_for(classifier, texts, batch_size, pairs)
     if output_file.suffix.lower() == ".jsonl":
         content = predictions_jsonl(predictions)
     else:
@@ -161,7 +179,8 @@ def load_classifier(folder: Path, checkpoint: str, runtime: str) -> Classifier:
         return onnx_folder.load_onnx_export(find_onnx_export(folder))
     run, precision, _ = load_torch_model(folder, checkpoint)
     data = run.config.data
-    return TorchClassifier(run.model, run.label_names, run.tokenizer, data.max_length, data.text_column, precision)
+    return TorchClassifier(run.model, run.label_names, run.tokenizer, data.max_length, data.text_column,
+                           data.text_pair_column, run.task, precision)
 
 
 def load_torch_model(folder: Path, checkpoint: str) -> tuple[LoadedRun, Precision, str]:
@@ -212,52 +231,77 @@ def check_texts(texts: list[str]) -> None:
             raise UserInputError(f"text {position} of {len(texts)} is empty; a text needs at least one word")
 
 
-def read_texts(path: Path, text_column: str) -> list[str]:
-    """Texts to label: a column of any source the training readers take (CSV, TSV, JSON Lines, Parquet, Excel,
-    datasets), or each non-blank line of a UTF-8 .txt file."""
+def check_pairs(classifier: Classifier, texts: list[str], pairs: list[str] | None) -> None:
+    """A pair model needs a second text for each text; a one-text model takes none."""
+    if classifier.text_pair_column is None:
+        if pairs is not None:
+            raise UserInputError("this model reads one text per example (it was trained without data.text_pair_column); "
+                                 "give the texts alone, without their pairs")
+        return
+    if pairs is None or len(pairs) != len(texts):
+        raise UserInputError(f"this model reads text pairs (data.text_pair_column '{classifier.text_pair_column}'): "
+                             f"give one second text for each of the {len(texts)} text(s) (--text-pair, or the API's "
+                             f"pairs=), got {0 if pairs is None else len(pairs)}")
+    check_texts(pairs)
+
+
+def read_texts(path: Path, text_column: str, text_pair_column: str | None = None) -> tuple[list[str], list[str] | None]:
+    """Texts to label (and their pairs, for a pair model): columns of any source the training readers take (CSV,
+    TSV, JSON Lines, Parquet, Excel, datasets), or each non-blank line of a UTF-8 .txt file (one text each)."""
     if path.suffix.lower() == ".txt":
+        if text_pair_column is not None:
+            raise UserInputError(f"{path}: a .txt file holds one text a line, and this model reads text pairs; give a "
+                                 f"table with the columns '{text_column}' and '{text_pair_column}'")
         check_file(path, PREDICT_SETTINGS, (".txt",))
         content = decode(path.read_bytes(), path, "utf-8", PREDICT_SETTINGS)
-        return [line.removesuffix("\r") for line in content.split("\n") if line.strip()]
-    records = read_records(path, {"text": text_column}, PREDICT_SETTINGS)
+        return [line.removesuffix("\r") for line in content.split("\n") if line.strip()], None
+    columns = {"text": text_column} | ({"text_pair": text_pair_column} if text_pair_column else {})
+    records = read_records(path, columns, PREDICT_SETTINGS)
     if not records:
         raise UserInputError(f"{path}: has a header but no rows; --input needs texts to label")
-    return [checked_text(record, path, text_column) for record in records]
+    texts = [checked_text(record, path, text_column) for record in records]
+    pairs = [checked_text(record, path, text_pair_column, "text_pair") for record in records] if text_pair_column else None
+    return texts, pairs
 
 
-def predictions_for(classifier: Classifier, texts: list[str], batch_size: int) -> list[Prediction]:
+def predictions_for(classifier: Classifier, texts: list[str], batch_size: int,
+                    pairs: list[str] | None = None) -> list[Prediction]:
     if batch_size < 1:
         raise UserInputError(f"--batch-size {batch_size}: must be 1 or more")
-    logits = classifier.logits(tokenize_texts(classifier, texts), batch_size)
-    label_ids = logits.argmax(dim=-1).tolist()  # as evaluate() decides, so both always agree
-    probabilities = logits.softmax(dim=-1).tolist()
-    label_names = classifier.label_names
-    return [
-        Prediction(text=text, label=label_names[label_id], probabilities=dict(zip(label_names, row, strict=True)))
-        for text, label_id, row in zip(texts, label_ids, probabilities, strict=True)
-    ]
+    logits = classifier.logits(tokenize_texts(classifier, texts, pairs), batch_size)
+    decided = classifier.task.predictions(logits, classifier.thresholds)  # as evaluate() decides: both always agree
+    return [Prediction(text=text, label=label, probabilities=probabilities, text_pair=pair)
+            for text, pair, (label, probabilities) in zip(texts, pairs or [None] * len(texts), decided, strict=True)]
 
 
-def tokenize_texts(classifier: Classifier, texts: list[str]) -> TokenizedSplit:
+def tokenize_texts(classifier: Classifier, texts: list[str], pairs: list[str] | None = None) -> TokenizedSplit:
     """Token ids as training made them: the run's tokenizer, truncated to the run's data.max_length."""
-    # tokenize_split also turns each label into its id; texts to label have none, so each carries the
-    # first class as a stand-in that nothing reads.
-    stand_in = classifier.label_names[0]
-    examples = [Example(text=text, label=stand_in, line=position) for position, text in enumerate(texts, start=1)]
-    return tokenize_split(examples, classifier.label_names, classifier.tokenizer, classifier.max_length)
+    # tokenize_split also encodes each label; texts to label have none, so each carries a stand-in that nothing reads.
+    examples = [Example(text=text, label="", line=position, text_pair=None if pairs is None else pairs[position - 1])
+                for position, text in enumerate(texts, start=1)]
+    return tokenize_split(examples, lambda label: 0, classifier.tokenizer, classifier.max_length)
 
 
 def predictions_csv(predictions: list[Prediction], label_names: list[str]) -> str:
+    """text (text_pair), label, then prob_<label> for every label (none for a regression: label is the number); a
+    multi-label prediction's labels are joined with '|'."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["text", "label", *(f"prob_{label}" for label in label_names)])
+    pairs = bool(predictions) and predictions[0].text_pair is not None
+    scored = bool(predictions) and predictions[0].probabilities is not None
+    writer.writerow(["text", *(["text_pair"] if pairs else []), "label",
+                     *(f"prob_{label}" for label in label_names if scored)])
     for prediction in predictions:
-        writer.writerow([prediction.text, prediction.label, *prediction.probabilities.values()])
+        label = "|".join(prediction.label) if isinstance(prediction.label, list) else prediction.label
+        writer.writerow([prediction.text, *([prediction.text_pair] if pairs else []), label,
+                         *(prediction.probabilities.values() if scored else [])])
     return buffer.getvalue()
 
 
 def predictions_jsonl(predictions: list[Prediction]) -> str:
     return "".join(
-        json.dumps({"text": p.text, "label": p.label, "probabilities": p.probabilities}, ensure_ascii=False) + "\n"
+        json.dumps({"text": p.text, **({"text_pair": p.text_pair} if p.text_pair is not None else {}), "label": p.label,
+                    **({"probabilities": p.probabilities} if p.probabilities is not None else {})},
+                   ensure_ascii=False) + "\n"
         for p in predictions
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from huggingface_hub import ModelCardData, metadata_load, try_to_load_from_cache
 
-from finetune_pipeline.core.config import Config
+from finetune_pipeline.core.config import TASK_METRICS, Config
 from finetune_pipeline.core.model import resolve_backbone
 from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, LoadedRun
@@ -37,20 +37,16 @@ def model_card(run: LoadedRun, source: dict[str, str], run_config_file: dict[str
     max_length = config.data.max_length
     sections = [
         f"---\n{front_matter}\n---",
-        f"# Text classifier: {', '.join(run.label_names)}",
+        f"# {'Text regression' if run.task.name == 'regression' else 'Text classifier'}: {', '.join(run.label_names)}",
         f"Fine-tuned from `{backbone}` with finetune_pipeline: run `{source['run_dir']}`, checkpoint "
         f"`{source['checkpoint']}` (epoch {checkpoint_epoch(metrics, source['checkpoint'])}). "
         f"Exported on {date.today().isoformat()}.",
         "## Task",
-        f"Single-label text classification into {len(run.label_names)} classes: {labels}. The encoder's last "
-        f"hidden states are {pooling_words(config.model.pooling)}, then a two-layer head scores the classes "
-        f"(Linear {run.model.head.dense.in_features} -> {config.model.hidden_dim}, GELU, dropout "
-        f"{config.model.dropout}, Linear {config.model.hidden_dim} -> {len(run.label_names)}).",
+        f"{task_words(run, labels)} The encoder's last hidden states are {pooling_words(config.model.pooling)}, then "
+        f"a two-layer head scores them (Linear {run.model.head.dense.in_features} -> {config.model.hidden_dim}, GELU, "
+        f"dropout {config.model.dropout}, Linear {config.model.hidden_dim} -> {run.task.num_outputs}).",
         "## How to use",
-        "```python\nfrom transformers import pipeline\n\n"
-        'classifier = pipeline("text-classification", model="PATH/TO/THIS/FOLDER", trust_remote_code=True, '
-        "top_k=None)\n"
-        'classifier(["A warm, funny film."], truncation=True)\n```',
+        f"```python\nfrom transformers import pipeline\n\n{usage(run)}\n```",
         "`trust_remote_code=True` runs `modeling_pooled_classifier.py` from this folder (it imports torch and "
         f"transformers only). `truncation=True` cuts texts at {max_length} tokens, as training did.",
         "## Data",
@@ -65,6 +61,38 @@ def model_card(run: LoadedRun, source: dict[str, str], run_config_file: dict[str
         limitations(metrics, language, backbone, max_length),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def task_words(run: LoadedRun, labels: str) -> str:
+    pair = (f" Each example is a pair of texts (`{run.config.data.text_column}`, `{run.config.data.text_pair_column}`), "
+            "read together in the encoder's pair template." if run.config.data.text_pair_column else "")
+    if run.task.name == "regression":
+        return (f"Regression: one number per example, `{run.label_names[0]}`. The head predicts it standardised with "
+                f"the train split's mean {run.task.target_mean:.4g} and standard deviation {run.task.target_std:.4g} "
+                "(config.json's `target_mean`, `target_std`); the model's output is the number in its own units."
+                + pair)
+    if run.task.name == "multi_label":
+        thresholds = ", ".join(f"`{name}` {value:.2f}" for name, value in
+                               zip(run.label_names, run.model.head.decision_thresholds.tolist(), strict=True))
+        return (f"Multi-label text classification over {len(run.label_names)} labels: {labels}. Each label gets its "
+                "own sigmoid probability, and is predicted when that reaches the label's threshold, chosen on the val "
+                f"split (config.json's `label_thresholds`): {thresholds}." + pair)
+    return f"Single-label text classification into {len(run.label_names)} classes: {labels}." + pair
+
+
+def usage(run: LoadedRun) -> str:
+    """How to call transformers' pipeline for this task (and for text pairs)."""
+    example = ('{"text": "A warm, funny film.", "text_pair": "I liked it."}' if run.config.data.text_pair_column
+               else '"A warm, funny film."')
+    load = 'classifier = pipeline("text-classification", model="PATH/TO/THIS/FOLDER", trust_remote_code=True'
+    if run.task.name == "regression":
+        return f'{load}, function_to_apply="none")\nclassifier([{example}], truncation=True)  # [{{"label": ..., "score": the number}}]'
+    if run.task.name == "multi_label":
+        return (f"{load}, top_k=None)\nthresholds = dict(zip(classifier.model.config.id2label.values(), "
+                "classifier.model.config.label_thresholds))\n"
+                f"[[row[\"label\"] for row in rows if row[\"score\"] >= thresholds[row[\"label\"]]]\n"
+                f" for rows in classifier([{example}], truncation=True)]")
+    return f"{load}, top_k=None)\nclassifier([{example}], truncation=True)"
 
 
 def is_hub_id(backbone: str) -> bool:
@@ -103,20 +131,23 @@ def data_table(metrics: RunMetrics) -> str:
 
 def results(metrics: RunMetrics, checkpoint: str) -> str:
     scores = {"val": metrics.val_metrics or {}, "test": metrics.test_metrics or {}}
+    names = TASK_METRICS[metrics.task_type]
     lines = [f"The best checkpoint is the epoch with the best val {metrics.metric_name} (epoch "
              f"{metrics.best_epoch}); the test split was scored once, with it.", "",
-             "| split | accuracy | macro-F1 |", "| --- | ---: | ---: |"]
-    lines += [f"| {split} | {values['accuracy']:.4f} | {values['macro_f1']:.4f} |" for split, values in scores.items()]
-    for split, values in scores.items():
-        lines += ["", f"Per class, {split}:", "", "| class | precision | recall | F1 | support |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+             f"| split | {' | '.join(names)} |", f"| --- |{' ---: |' * len(names)}"]
+    lines += [f"| {split} | {' | '.join(f'{values[name]:.4f}' for name in names)} |" for split, values in scores.items()]
+    threshold = metrics.task_type == "multi_label"
+    for split, values in filter(lambda item: "per_class" in item[1], scores.items()):
+        lines += ["", f"Per {'label' if threshold else 'class'}, {split}:", "",
+                  f"| {'label' if threshold else 'class'} | precision | recall | F1 | support |"
+                  + (" threshold |" if threshold else ""), "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if threshold else "")]
         lines += [f"| {cell(name)} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
-                  for name, c in values["per_class"].items()]
+                  + (f" {c['threshold']:.2f} |" if threshold else "") for name, c in values["per_class"].items()]
     final = metrics.history[-1]
     if checkpoint != BEST_MODEL_FILE and final["epoch"] != metrics.best_epoch:
+        final_scores = " and ".join(f"{name} {final[f'val_{name}']:.4f}" for name in names)
         lines += ["", f"This folder holds the final checkpoint (epoch {final['epoch']}), not the best one: its val "
-                  f"accuracy was {final['val_accuracy']:.4f} and macro-F1 {final['val_macro_f1']:.4f}; its test "
-                  "scores were not measured."]
+                  f"{final_scores}; its test scores were not measured."]
     return "\n".join(lines)
 
 

@@ -18,7 +18,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 
 class PooledClassifierConfig(PretrainedConfig):
-    """The encoder's own config (any AutoModel architecture), the pooling and the head's sizes."""
+    """The encoder's own config (any AutoModel architecture), the pooling and the head's sizes; for
+    problem_type "multi_label_classification" each label's decision threshold (label_thresholds, chosen on the val
+    split), for "regression" the target's train mean and standard deviation (the head predicts it standardised)."""
 
     model_type = "pooled_classifier"
     sub_configs = {"encoder_config": AutoConfig}
@@ -29,6 +31,9 @@ class PooledClassifierConfig(PretrainedConfig):
         pooling: str = "mean",
         head_hidden_size: int = 256,
         head_dropout: float = 0.1,
+        label_thresholds: list[float] | None = None,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
         **kwargs,
     ) -> None:
         if isinstance(encoder_config, dict):  # as read from config.json
@@ -37,6 +42,9 @@ class PooledClassifierConfig(PretrainedConfig):
         self.pooling = pooling
         self.head_hidden_size = head_hidden_size
         self.head_dropout = head_dropout
+        self.label_thresholds = label_thresholds
+        self.target_mean = target_mean
+        self.target_std = target_std
         super().__init__(**kwargs)
 
 
@@ -90,5 +98,14 @@ class PooledClassifierForSequenceClassification(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.head(pool(hidden_states, attention_mask, self.config.pooling))
-        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        if self.config.problem_type == "regression":  # the number itself, in the target's units
+            logits = logits * self.config.target_std + self.config.target_mean
+        return SequenceClassifierOutput(loss=None if labels is None else self.loss(logits, labels), logits=logits)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of the problem type (as transformers' own sequence classifiers compute it)."""
+        if self.config.problem_type == "regression":
+            return nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+        if self.config.problem_type == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        return nn.functional.cross_entropy(logits, labels)

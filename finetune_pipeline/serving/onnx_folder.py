@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from finetune_pipeline.core.batching import TokenBatch, TokenizedSplit, evaluation_batches, tokenize_split
 from finetune_pipeline.core.data import Example
+from finetune_pipeline.core.task import Task, loaded_task
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.artifacts import LoadedRun
 from finetune_pipeline.runtime.files import read_json_object
@@ -69,9 +70,11 @@ def write_onnx_folder(run: LoadedRun, folder: Path, source: dict[str, str]) -> N
     weight_bytes = sum(tensor.numel() * tensor.element_size() for tensor in run.model.state_dict().values())
     program.save(str(folder / MODEL_FILE), external_data=weight_bytes >= PROTOBUF_LIMIT_BYTES)
     exported_tokenizer(run).save_pretrained(folder)
+    thresholds = run.model.head.decision_thresholds
     info = {"label_names": run.label_names, "max_length": run.config.data.max_length,
-            "text_column": run.config.data.text_column, "inputs": INPUT_NAMES, "output": OUTPUT_NAME,
-            "opset": OPSET, **source}
+            "text_column": run.config.data.text_column, "text_pair_column": run.config.data.text_pair_column,
+            "task": run.task.record(), "thresholds": None if thresholds is None else thresholds.tolist(),
+            "inputs": INPUT_NAMES, "output": OUTPUT_NAME, "opset": OPSET, **source}
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -79,8 +82,8 @@ def example_batch(run: LoadedRun) -> TokenBatch:
     """Two texts of different lengths, padded as predict pads them: the exporter traces with real inputs.
     (Sizes 0 and 1 would be fixed in the graph; 2 and a multiple of 8 stay dynamic.)"""
     texts = ["an example", "a somewhat longer example text"]
-    examples = [Example(text=text, label=run.label_names[0], line=line) for line, text in enumerate(texts, start=1)]
-    return tokenize_split(examples, run.label_names, run.tokenizer, run.config.data.max_length).batch([0, 1])
+    examples = [Example(text=text, label="", line=line) for line, text in enumerate(texts, start=1)]
+    return tokenize_split(examples, lambda label: 0, run.tokenizer, run.config.data.max_length).batch([0, 1])
 
 
 def is_onnx_export(folder: Path) -> bool:
@@ -95,6 +98,9 @@ class OnnxClassifier:
     tokenizer: PreTrainedTokenizerBase
     max_length: int
     text_column: str
+    text_pair_column: str | None
+    task: Task
+    thresholds: torch.Tensor | None
     session: Any  # onnxruntime.InferenceSession
 
     def logits(self, split: TokenizedSplit, batch_size: int) -> torch.Tensor:
@@ -111,5 +117,8 @@ def load_onnx_export(folder: Path) -> OnnxClassifier:
     onnxruntime = require("onnxruntime", "--runtime onnx")
     info = read_json_object(folder / INFO_FILE)
     session = onnxruntime.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+    # an export from before tasks and pairs was single-label, one text
+    task = loaded_task(info["label_names"], info.get("task"), "accuracy")
+    thresholds = None if info.get("thresholds") is None else torch.tensor(info["thresholds"])
     return OnnxClassifier(info["label_names"], AutoTokenizer.from_pretrained(folder), info["max_length"],
-                          info["text_column"], session)
+                          info["text_column"], info.get("text_pair_column"), task, thresholds, session)
