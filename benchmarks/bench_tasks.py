@@ -33,10 +33,12 @@ from typing import Any
 from project_process import REPO_ROOT, finetune_train
 
 SHARED = REPO_ROOT.parent / "shared" / "data"
-GOEMOTIONS = {"task": "multi_label", "data.label_column": "labels", "data.max_length": 64,
+# the metric that picks the best epoch: each dataset's published one (train_config.json sets accuracy)
+GOEMOTIONS = {"task": "multi_label", "training.metric": "macro_f1", "data.label_column": "labels", "data.max_length": 64,
               **{f"data.{split}_file": str(SHARED / "goemotions" / f"{name}.jsonl")
                  for split, name in (("train", "train"), ("val", "dev"), ("test", "test"))}}
-STSB = {"task": "regression", "data.text_column": "sentence1", "data.text_pair_column": "sentence2",
+STSB = {"task": "regression", "training.metric": "spearman", "data.text_column": "sentence1",
+        "data.text_pair_column": "sentence2",
         "data.label_column": "score", "data.max_length": 128,
         **{f"data.{split}_file": str(SHARED / "stsb" / f"{name}.csv")
            for split, name in (("train", "train"), ("val", "dev"), ("test", "test"))}}

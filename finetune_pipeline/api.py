@@ -30,7 +30,7 @@ from finetune_pipeline.core.readers import FileSettings
 from finetune_pipeline.errors import OutOfMemory, UserInputError
 from finetune_pipeline.experiments import run_selection
 from finetune_pipeline.experiments.compare import PLOT_FILE, compare_runs, no_warnings_text
-from finetune_pipeline.experiments.sweep import SWEEP_FILE, load_sweep, resolve_sweep_file, run_sweep, sweep_from_runs
+from finetune_pipeline.experiments.sweep import plan_sweep, run_sweep
 from finetune_pipeline.in_memory import store_table, stored_origin, table_kind
 from finetune_pipeline.runs import report
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, METRICS_FILE
@@ -348,10 +348,9 @@ def compare(runs: RunLike | Iterable[RunLike], ref: RunLike | None = None,
         raise UserInputError("ft.compare: give the runs to compare (Runs, run folders or a sweep folder)")
     reference = None if ref is None else folder_of(ref)
     run_dirs = run_selection.resolve_run_dirs(targets, None, Path("."), reference)
-    if output_dir is None:
-        single_sweep = len(targets) == 1 and (Path(targets[0]) / SWEEP_FILE).is_file()
-        output_dir = targets[0] if single_sweep else run_selection.default_output_dir(run_dirs[0].parent)
-    comparison = compare_runs(run_dirs, Path(output_dir), reference_given=ref is not None)
+    # comparisons/<time>/ beside the reference run's folder: the API has no artifacts root of its own
+    output_dir = run_selection.comparison_dir(targets, run_dirs[0].parent) if output_dir is None else Path(output_dir)
+    comparison = compare_runs(run_dirs, output_dir, reference_given=ref is not None)
     table = import_pandas().read_csv(comparison.csv_path, dtype=dict.fromkeys(COMPARE_TEXT_COLUMNS, str))
     return CompareResult(table, comparison.warnings, comparison.notes, comparison.resolution, Path(output_dir))
 
@@ -362,17 +361,12 @@ def sweep(preset_or_file: str | PathLike[str] | None = None, from_runs: RunLike 
     of seeds); then the comparison of its runs, written into the sweep folder as the command does."""
     configure_console_logging()
     from_runs = [] if from_runs is None else as_list(from_runs)
-    if (preset_or_file is None) == (not from_runs):
-        raise UserInputError("ft.sweep: name a preset or sweep file (ft.sweep('A')), or runs to rerun "
-                             "(ft.sweep(from_runs=[run], seeds=[43, 44])), one of the two")
     if seeds is not None and (not isinstance(seeds, list) or not seeds
                               or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)):
         raise UserInputError(f"seeds: expected a list of integers, e.g. [42, 43, 44]; got {seeds!r}")
-    overrides = checked_overrides(overrides)
-    if from_runs:
-        plan = sweep_from_runs([Path(folder_of(run)) for run in from_runs], seeds, overrides)
-    else:
-        plan = load_sweep(resolve_sweep_file(str(preset_or_file)), seeds, overrides)
+    plan = plan_sweep(None if preset_or_file is None else str(preset_or_file),
+                      [Path(folder_of(run)) for run in from_runs], seeds, checked_overrides(overrides),
+                      ("ft.sweep('A')", "ft.sweep(from_runs=[run], seeds=[43, 44])"))
     sweep_dir = run_sweep(plan)
     runs = [load_run(member.run_dir) for member in plan.members if member.run_dir]
     failures = [f"member {member.name} (seed {member.seed}) failed: {member.error}"

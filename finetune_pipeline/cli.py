@@ -240,9 +240,11 @@ def format_plan(plan: dict[str, Any]) -> str:
         + (f" ({precision['reason']})" if precision["reason"] else ""),
         "data: " + "; ".join(f"{split} {source}" for split, source in plan["data_sources"].items()),
         f"splits: train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; "
-        f"labels: {', '.join(plan['label_names'])}",
-        "labels per split (examples): " + "; ".join(
-            f"{split} " + ", ".join(f"{label} {count}" for label, count in counts.items())
+        f"{'target' if plan['task'] == 'regression' else 'labels'}: {', '.join(plan['label_names'])}"
+        + ("" if plan["task"] == "single_label" else f" (task {plan['task']})"),
+        ("target per split: " if plan["task"] == "regression" else "labels per split (examples): ") + "; ".join(
+            f"{split} " + ", ".join(f"{label} {count:.4g}" if isinstance(count, float) else f"{label} {count}"
+                                    for label, count in counts.items())
             for split, counts in plan["label_distribution"].items()),
         *(["class weights in the loss: " + ", ".join(f"{label} {weight:.3g}"
                                                       for label, weight in plan["class_weights"].items())]
@@ -291,20 +293,15 @@ def sweep_command(name_or_path: str | None, from_runs: list[str], seeds: list[in
                   assignments: list[str]) -> int:
     from finetune_pipeline.core.config import parse_overrides
     from finetune_pipeline.experiments.compare import compare_runs, print_comparison
-    from finetune_pipeline.experiments.sweep import load_sweep, resolve_sweep_file, run_sweep, sweep_from_runs
+    from finetune_pipeline.experiments.sweep import plan_sweep, run_sweep
     from finetune_pipeline.runtime.run_log import configure_console_logging
 
     configure_console_logging()
     if under_torchrun():
         raise UserInputError("finetune sweep under torchrun is not supported yet: run the sweep in one process, "
                              "or start each member with torchrun as its own `finetune train --set ...`")
-    if (name_or_path is None) == (not from_runs):
-        raise UserInputError("sweep: name a preset or sweep file (finetune sweep A), or runs to rerun "
-                             "(finetune sweep --from-run RUN_DIR --seeds 43,44), one of the two")
-    if from_runs:
-        sweep = sweep_from_runs([Path(run_dir) for run_dir in from_runs], seeds, parse_overrides(assignments))
-    else:
-        sweep = load_sweep(resolve_sweep_file(name_or_path), seeds, parse_overrides(assignments))
+    sweep = plan_sweep(name_or_path, [Path(run_dir) for run_dir in from_runs], seeds, parse_overrides(assignments),
+                       ("finetune sweep A", "finetune sweep --from-run RUN_DIR --seeds 43,44"))
     sweep_dir = run_sweep(sweep)
     run_dirs = [Path(member.run_dir) for member in sweep.members if member.run_dir]
     if run_dirs:
@@ -319,25 +316,24 @@ def sweep_command(name_or_path: str | None, from_runs: list[str], seeds: list[in
 def compare_command(targets: list[str], last: int | None, artifacts_root: str, output_dir: str | None,
                     reference: str | None = None) -> None:
     from finetune_pipeline.experiments.compare import compare_runs, print_comparison
-    from finetune_pipeline.experiments.run_selection import default_output_dir, resolve_run_dirs
+    from finetune_pipeline.experiments.run_selection import comparison_dir, resolve_run_dirs
 
     if not targets and last is None:
         raise UserInputError("compare: name run or sweep folders, a glob, or --last N")
     run_dirs = resolve_run_dirs(targets, last, Path(artifacts_root), reference)
-    if output_dir is None:
-        single_sweep = len(targets) == 1 and (Path(targets[0]) / "sweep.json").is_file()
-        output_dir = targets[0] if single_sweep else str(default_output_dir(Path(artifacts_root)))
-    comparison = compare_runs(run_dirs, Path(output_dir), reference_given=reference is not None)
+    output = comparison_dir(targets, Path(artifacts_root)) if output_dir is None else Path(output_dir)
+    comparison = compare_runs(run_dirs, output, reference_given=reference is not None)
     print_comparison(comparison)
 
 
 def evaluate_command(run_dir: str, data: str, text_column: str | None, label_column: str | None,
                      name: str | None) -> None:
+    from finetune_pipeline.core.config import TASK_METRICS
     from finetune_pipeline.serving.inference import evaluate_file
 
     metrics, path = evaluate_file(Path(run_dir), Path(data), text_column, label_column, name)
-    print(f"{data}: {metrics['examples']} examples; accuracy {metrics['accuracy']:.4f}, "
-          f"macro-F1 {metrics['macro_f1']:.4f}")
+    scores = ", ".join(f"{metric} {metrics[metric]:.4f}" for metric in TASK_METRICS[metrics["task"]])
+    print(f"{data}: {metrics['examples']} examples; {scores}")
     print(f"written to {path}")
 
 

@@ -25,8 +25,8 @@ def test_preflight_uses_the_heaviest_batch_and_leaves_model_and_rng_untouched(ma
     prepared = prepare_run(config)
     weights = {name: tensor.clone() for name, tensor in prepared.model.state_dict().items()}
     rng = torch.get_rng_state()
-    preflight = memory_check.run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.device,
-                                           prepared.precision, prepared.mode, prepared.task)
+    preflight = memory_check.run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.placement,
+                                           prepared.mode, prepared.task)
     assert preflight.examples == 3
     longest = max(prepared.tokenized["train"].lengths)
     assert preflight.padded_length == -(-longest // 8) * 8

@@ -233,11 +233,9 @@ def train_directly(config: Config) -> tuple[TrainingState, RecordingRun]:
     """train_model on a full-backbone run's inputs, as run.execute calls it, with no run folder."""
     prepared = prepare_run(config)
     train, val, _ = training_inputs(prepared, RunMetrics())
-    state = TrainingState.start(prepared.model, config.training, len(prepared.splits.train), prepared.device,
-                                prepared.precision)
+    state = TrainingState.start(prepared.model, config.training, len(prepared.splits.train), prepared.placement)
     recorder = RecordingRun()
-    train_model(prepared.model, train, val, prepared.task, config, prepared.device, prepared.precision, state,
-                recorder)
+    train_model(prepared.model, train, val, prepared.task, config, prepared.placement, state, recorder)
     return state, recorder
 
 

@@ -9,6 +9,7 @@ import psutil
 import torch
 
 from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.runtime.distributed import World
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -89,6 +90,16 @@ def cuda_has_native_bf16() -> bool:
     """Native bf16 only: without the argument, is_bf16_supported() also counts the emulation that older GPUs
     (a T4 in Colab) run at a fraction of fp16's speed."""
     return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a run computes, decided once (preparation.prepare_run) and handed down as one value: the device,
+    the precision that really runs there, and the processes of a torchrun launch (size 1 without torchrun)."""
+
+    device: torch.device
+    precision: Precision
+    processes: World = World()
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from finetune_pipeline.core.batching import TokenizedSplit, concatenate, evaluation_batches
-from finetune_pipeline.core.device import Precision, autocast
+from finetune_pipeline.core.device import Placement, Precision, autocast
 from finetune_pipeline.core.freeze_proof import tensor_sha256
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.errors import UserInputError
@@ -67,17 +67,17 @@ class FeatureSplit:
 
 @torch.inference_mode()
 def extract_features(
-    model: TextClassifier, split: TokenizedSplit, batch_size: int, device: torch.device, precision: Precision
+    model: TextClassifier, split: TokenizedSplit, batch_size: int, placement: Placement
 ) -> torch.Tensor:
     """Pooled backbone features for every text, (examples, hidden), in the split's order."""
     model.eval()
     features = torch.empty(len(split), model.backbone.config.hidden_size)
     # longest first: out-of-memory shows at once; under torchrun each process takes its share of the batches
-    batches = my_share(evaluation_batches(split.lengths, batch_size), world())
+    batches = my_share(evaluation_batches(split.lengths, batch_size), placement.processes)
     for indices in tqdm(batches, desc="backbone features", unit="batch", leave=False,
                         disable=progress_bar_disabled()):
-        batch = split.batch(indices).to(device)
-        with autocast(device, precision):
+        batch = split.batch(indices).to(placement.device)
+        with autocast(placement.device, placement.precision):
             pooled = model.features(batch.input_ids, batch.attention_mask)  # (batch, hidden)
         features[indices] = pooled.float().cpu()
         fault_point("extraction")

@@ -32,11 +32,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from finetune_pipeline.core.batching import PAD_TO_MULTIPLE_OF, TokenizedSplit, evaluation_batches
-from finetune_pipeline.core.device import Precision, autocast
+from finetune_pipeline.core.device import Placement, Precision, autocast
 from finetune_pipeline.core.feature_cache import tokens_sha256
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.runtime.distributed import barrier, my_share, progress_bar_disabled, world
+from finetune_pipeline.runtime.distributed import barrier, my_share, progress_bar_disabled
 from finetune_pipeline.runtime.faults import fault_point
 from finetune_pipeline.runtime.files import read_json_object, write_json
 from finetune_pipeline.runtime.run_log import log_event
@@ -118,7 +118,7 @@ def entry_path(cache_dir: Path, key: dict[str, Any]) -> Path:
 
 def cached_hidden_states(
     model: TextClassifier, split: TokenizedSplit, key: dict[str, Any], cache_dir: Path, batch_size: int,
-    device: torch.device, precision: Precision,
+    placement: Placement,
 ) -> tuple[HiddenStateSplit, str, Path]:
     """(the split's hidden states, "hit" | "miss" | "rebuilt: <why>", the entry's folder): read from the cache,
     or computed once (in every process, each its share of the batches) and stored."""
@@ -129,7 +129,7 @@ def cached_hidden_states(
         status = "hit" if problem is None else f"rebuilt: {problem}"
     if status != "hit":
         started = time.perf_counter()
-        store(model, split, key, path, batch_size, device, precision)
+        store(model, split, key, path, batch_size, placement)
         log_event("hidden_state_extraction", layer=key["layer"], examples=len(split),
                   seconds=time.perf_counter() - started)
     states, offsets = open_entry(path)
@@ -166,7 +166,7 @@ def file_sha256(path: Path) -> str:
 
 def store(
     model: TextClassifier, split: TokenizedSplit, key: dict[str, Any], path: Path, batch_size: int,
-    device: torch.device, precision: Precision,
+    placement: Placement,
 ) -> None:
     """Compute the states into a temporary folder beside path, then rename it into place: a run killed midway
     leaves no entry that looks complete. Under torchrun (one machine) every process writes its batches' rows
@@ -174,7 +174,7 @@ def store(
     offsets = np.concatenate([[0], np.cumsum(split.lengths)]).astype(np.int64)
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        if world().is_main:
+        if placement.processes.is_main:
             shutil.rmtree(temporary, ignore_errors=True)
             temporary.mkdir(parents=True)
             np.save(temporary / OFFSETS_FILE, offsets)
@@ -185,11 +185,11 @@ def store(
                              f"({err.strerror}); fix the folder or set training.cache_features to false") from None
     barrier()
     states = np.load(temporary / STATES_FILE, mmap_mode="r+")
-    extract_into(states, offsets, model, split, key["layer"], batch_size, device, precision)
+    extract_into(states, offsets, model, split, key["layer"], batch_size, placement)
     states.flush()
     del states
     barrier()
-    if world().is_main:
+    if placement.processes.is_main:
         write_json(temporary / ENTRY_FILE, {"key": key, "states_sha256": file_sha256(temporary / STATES_FILE)})
         shutil.rmtree(path, ignore_errors=True)  # an entry found unusable
         os.replace(temporary, path)
@@ -199,17 +199,17 @@ def store(
 @torch.inference_mode()
 def extract_into(
     states: np.ndarray, offsets: np.ndarray, model: TextClassifier, split: TokenizedSplit, first_trained_layer: int,
-    batch_size: int, device: torch.device, precision: Precision,
+    batch_size: int, placement: Placement,
 ) -> None:
     """The hidden states entering first_trained_layer, each text's real tokens at its offsets."""
     model.eval()
     largest = np.finfo(STORAGE_DTYPE).max
     # longest first: out-of-memory shows at once; under torchrun each process takes its share of the batches
-    batches = my_share(evaluation_batches(split.lengths, batch_size), world())
+    batches = my_share(evaluation_batches(split.lengths, batch_size), placement.processes)
     for indices in tqdm(batches, desc=f"hidden states (layers 0-{first_trained_layer - 1})", unit="batch",
                         leave=False, disable=progress_bar_disabled()):
-        batch = split.batch(indices).to(device)
-        with autocast(device, precision):
+        batch = split.batch(indices).to(placement.device)
+        with autocast(placement.device, placement.precision):
             hidden = model.lower_hidden_states(batch.input_ids, batch.attention_mask, first_trained_layer)
         hidden = hidden.float().cpu().numpy()
         if np.abs(hidden).max() > largest:

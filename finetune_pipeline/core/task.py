@@ -44,6 +44,7 @@ IMBALANCE_RATIO = 10.0
 MISSING_LABEL_SPELLINGS = {"", "nan", "none", "null", "na", "n/a"}
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # candidate multi-label thresholds
 DEFAULT_THRESHOLD = 0.5
+POINTS_KEPT = 1000  # a regression split's (true, predicted) pairs kept in its metrics, for the report's plots
 # A single-label column of numbers with at least this many distinct values, some of them fractions, is a score.
 REGRESSION_HINT_VALUES = 10
 
@@ -384,11 +385,14 @@ class Regression:
                 ) -> dict[str, Any]:
         truth, predicted = np.asarray(targets, dtype=np.float64), self.decide(logits)
         constant = np.ptp(predicted) == 0 or np.ptp(truth) == 0  # a correlation is undefined: report 0
+        shown = np.unique(np.linspace(0, len(truth) - 1, min(len(truth), POINTS_KEPT)).round().astype(int))
         return {
             "rmse": float(np.sqrt(np.mean((predicted - truth) ** 2))),
             "mae": float(mean_absolute_error(truth, predicted)),
             "pearson": 0.0 if constant else float(stats.pearsonr(truth, predicted).statistic),
             "spearman": 0.0 if constant else float(stats.spearmanr(truth, predicted).statistic),
+            # for the report's predicted-vs-true and residual plots: evenly spaced examples of the split
+            "points": {"true": truth[shown].tolist(), "predicted": predicted[shown].tolist()},
         }
 
     def distribution(self, targets: list[Any]) -> dict[str, float]:

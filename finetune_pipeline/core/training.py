@@ -30,13 +30,13 @@ from tqdm.auto import tqdm
 
 from finetune_pipeline.core.batching import InputSplit, training_steps
 from finetune_pipeline.core.config import Config, TrainingConfig
-from finetune_pipeline.core.device import Precision, autocast, memory_reading
+from finetune_pipeline.core.device import Placement, Precision, autocast, memory_reading
 from finetune_pipeline.core.evaluation import evaluate
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.core.task import Task
 from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import TrainingDiverged
-from finetune_pipeline.runtime.distributed import all_sum, my_share, progress_bar_disabled, world
+from finetune_pipeline.runtime.distributed import all_sum, my_share, progress_bar_disabled
 from finetune_pipeline.runtime.faults import fault_point
 from finetune_pipeline.runtime.interruption import signals_deferred
 from finetune_pipeline.runtime.run_log import log_event
@@ -99,15 +99,16 @@ class TrainingState:
     history: list[EpochRecord] = field(default_factory=list)
 
     @classmethod
-    def start(cls, model: TextClassifier, training: TrainingConfig, train_examples: int, device: torch.device,
-              precision: Precision) -> "TrainingState":
+    def start(cls, model: TextClassifier, training: TrainingConfig, train_examples: int,
+              placement: Placement) -> "TrainingState":
         """Epoch 1, step 0: a new optimizer, learning-rate schedule and loss scaler."""
         optimizer = build_optimizer(model, training)
-        total_steps = optimizer_steps_per_epoch(train_examples, training, world().size) * training.epochs
+        total_steps = optimizer_steps_per_epoch(train_examples, training, placement.processes.size) * training.epochs
         scheduler = learning_rate_schedule(training.scheduler, optimizer, round(training.warmup_ratio * total_steps),
                                            total_steps)
-        scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)  # a no-op unless fp16
-        return cls(optimizer, scheduler, scaler, RunningLoss.zero(device))
+        # loss scaling: a no-op unless fp16
+        scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision.needs_grad_scaler)
+        return cls(optimizer, scheduler, scaler, RunningLoss.zero(placement.device))
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain types only (torch.load with weights_only=True reads them), random generators included:
@@ -148,8 +149,7 @@ def train_model(
     val: InputSplit,
     task: Task,
     config: Config,
-    device: torch.device,
-    precision: Precision,
+    placement: Placement,
     state: TrainingState,
     run: RunRecorder,
 ) -> None:
@@ -163,7 +163,7 @@ def train_model(
                   reason="cached features: a whole optimizer step fits in one pass, so accumulation saves nothing")
     if state.step > 0:  # continuing from a resume checkpoint
         log_event("resumed_at", epoch=state.epoch, step=state.step, micro_batch=state.step_in_epoch * accumulation)
-    processes = world()
+    processes = placement.processes
     # Under torchrun, DDP sums the processes' gradients during backward. A trained backbone may hold layers
     # our forward never uses (BERT's pooler: we pool ourselves), which DDP must be told to look for.
     trained = (DistributedDataParallel(model, find_unused_parameters=not model.backbone_frozen)
@@ -181,17 +181,17 @@ def train_model(
             examples_in_step = sum(len(micro_batch) for micro_batch in micro_batches)
             for micro_step, micro_batch in enumerate(micro_batches):
                 with accumulating(trained, last_micro_batch=micro_step == len(micro_batches) - 1):
-                    forward_backward(trained, train, micro_batch, examples_in_step, task, state, device, precision)
+                    forward_backward(trained, train, micro_batch, examples_in_step, task, state, placement)
                 fault_point("micro_batch")
-            check_finite(state, config, precision)  # raises TrainingDiverged before a NaN reaches the weights
+            check_finite(state, config, placement)  # raises TrainingDiverged before a NaN reaches the weights
             with signals_deferred():  # a Ctrl-C waits for the step to complete: the weights are never half-updated
                 optimizer_step(state, training.max_grad_norm)
                 if due(state.step, training.log_every_steps) or state.step_in_epoch == len(steps):
-                    log_window(state, device, progress)
+                    log_window(state, placement, progress)
                 if due(state.step, config.output.checkpoint_every_steps) and state.step_in_epoch < len(steps):
                     run.save_resume_checkpoint(state)  # the epoch's last step has the epoch's own checkpoint
             fault_point("step")
-        end_of_epoch(model, val, task, config, device, precision, state, run, epoch_started)
+        end_of_epoch(model, val, task, config, placement, state, run, epoch_started)
 
 
 def accumulating(
@@ -206,17 +206,17 @@ def accumulating(
 
 def forward_backward(
     model: TextClassifier | DistributedDataParallel, split: InputSplit, micro_batch: list[int],
-    examples_in_step: int, task: Task, state: TrainingState, device: torch.device, precision: Precision,
+    examples_in_step: int, task: Task, state: TrainingState, placement: Placement,
 ) -> None:
     """One micro-batch: forward, loss, backward. Its gradient adds to the step's, its loss to the log window's."""
-    processes = world()
+    processes = placement.processes
     indices = my_share(micro_batch, processes)
     # A process left without examples (the epoch's last, short micro-batch) still joins the gradient sum, with
     # one example whose loss counts zero times.
     padding = not indices
     indices = indices or micro_batch[:1]
-    batch = split.batch(indices).to(device)  # token ids, or cached features with a frozen backbone
-    with autocast(device, precision):
+    batch = split.batch(indices).to(placement.device)  # token ids, cached features or cached hidden states
+    with autocast(placement.device, placement.precision):
         logits = batch.logits(model)  # (batch, num_labels)
     loss_sum = task.loss_sum(logits, batch.labels)
     if padding:
@@ -230,17 +230,17 @@ def forward_backward(
     state.losses.window_examples += 0 if padding else len(indices)
 
 
-def check_finite(state: TrainingState, config: Config, precision: Precision) -> None:
+def check_finite(state: TrainingState, config: Config, placement: Placement) -> None:
     """Once NaN or inf, the window's loss sum stays so: one check per optimizer step finds the first bad step
     before its update reaches the weights (the best checkpoint so far stays usable). Under torchrun every
     process must take the same branch: the check is agreed by all."""
     window_sum = state.losses.window_sum
     finite = bool(torch.isfinite(window_sum))
-    if world().distributed:
+    if placement.processes.distributed:
         finite = all_sum([float(not finite)])[0] == 0
     if not finite:
         log_event("step", epoch=state.epoch, step=state.step + 1, loss=window_sum.item() / state.losses.window_examples)
-        raise diverged(config, state.epoch, state.step + 1, precision)
+        raise diverged(config, state.epoch, state.step + 1, placement.precision)
 
 
 def optimizer_step(state: TrainingState, max_grad_norm: float | None) -> None:
@@ -263,13 +263,13 @@ def due(step: int, every: int | None) -> bool:
     return every is not None and step % every == 0
 
 
-def log_window(state: TrainingState, device: torch.device, progress: tqdm) -> None:
+def log_window(state: TrainingState, placement: Placement, progress: tqdm) -> None:
     """One `step` line: the mean loss per example since the last one (of every process), the learning rates,
     the speed and the memory; then the window starts over, its sums added to the epoch's."""
     losses = state.losses
     window_loss_sum, window_examples = all_sum([losses.window_sum.item(), losses.window_examples])
     window_loss = window_loss_sum / window_examples
-    memory_key, memory_mb = memory_reading(device)
+    memory_key, memory_mb = memory_reading(placement.device)
     log_event(
         "step", epoch=state.epoch, step=state.step, loss=window_loss,
         lr_head=current_lr(state.optimizer, "head"), lr_encoder=current_lr(state.optimizer, "encoder"),
@@ -283,14 +283,14 @@ def log_window(state: TrainingState, device: torch.device, progress: tqdm) -> No
 
 
 def end_of_epoch(
-    model: TextClassifier, val: InputSplit, task: Task, config: Config,
-    device: torch.device, precision: Precision, state: TrainingState, run: RunRecorder, epoch_started: float,
+    model: TextClassifier, val: InputSplit, task: Task, config: Config, placement: Placement, state: TrainingState,
+    run: RunRecorder, epoch_started: float,
 ) -> None:
     """Validate, keep the best model so far, count the epochs without improvement, record the epoch, and take
     the resume checkpoint from which the next epoch starts."""
     training = config.training
     train_time = time.perf_counter() - epoch_started
-    val_metrics = evaluate(model, val, task, training.eval_batch_size, device, precision, fit_decision=True)
+    val_metrics = evaluate(model, val, task, training.eval_batch_size, placement, fit_decision=True)
     val_score = val_metrics[training.metric]
     fault_point("epoch_end")
     record = EpochRecord(state.epoch, state.losses.epoch_sum / state.losses.epoch_examples, val_metrics, val_score,
@@ -313,7 +313,7 @@ def end_of_epoch(
     if state.stopped_early:
         log_event("early_stop", epoch=state.epoch, patience=patience, best_epoch=state.best_epoch)
     run.record_epoch(state)
-    state.epoch, state.step_in_epoch, state.losses = state.epoch + 1, 0, RunningLoss.zero(device)
+    state.epoch, state.step_in_epoch, state.losses = state.epoch + 1, 0, RunningLoss.zero(placement.device)
     with signals_deferred():
         run.save_resume_checkpoint(state)
 

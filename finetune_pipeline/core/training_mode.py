@@ -76,6 +76,10 @@ class TrainingMode:
                                  f"the backbone '{self.backbone_name}'; set it to {layers} or less")
         return replace(self, first_trained_layer=layers - self.top_layers)
 
+    def merged(self) -> "TrainingMode":
+        """The mode of an exported model: its LoRA adapters were merged into the weights, so it has none."""
+        return replace(self, lora=None)
+
     @property
     def name(self) -> str:
         if not self.trains_backbone:

@@ -104,3 +104,11 @@ def newest_runs(artifacts_root: Path, count: int) -> list[Path]:
 
 def default_output_dir(artifacts_root: Path) -> Path:
     return Path(artifacts_root) / COMPARISONS_DIR / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def comparison_dir(targets: list[str], artifacts_root: Path) -> Path:
+    """Where a comparison's files go unless the user says: the sweep folder when one sweep folder is compared, else
+    comparisons/<time>/ under artifacts_root (for the command line, output.artifacts_root)."""
+    if len(targets) == 1 and (Path(targets[0]) / SWEEP_FILE).is_file():
+        return Path(targets[0])
+    return default_output_dir(artifacts_root)

@@ -65,6 +65,18 @@ class Sweep:
     members: list[Member] = field(default_factory=list)
 
 
+def plan_sweep(preset_or_file: str | None, from_runs: list[Path], seeds: list[int] | None,
+               overrides: dict[str, Any], how: tuple[str, str]) -> Sweep:
+    """A sweep from a preset or sweep file, or from runs to rerun (with seeds): one of the two. how: the two ways
+    as the caller's user writes them, for the message (the command line's or the Python API's)."""
+    if (preset_or_file is None) == (not from_runs):
+        raise UserInputError(f"sweep: name a preset or sweep file ({how[0]}), or runs to rerun ({how[1]}), one of the "
+                             "two")
+    if from_runs:
+        return sweep_from_runs(from_runs, seeds, overrides)
+    return load_sweep(resolve_sweep_file(str(preset_or_file)), seeds, overrides)
+
+
 def resolve_sweep_file(name_or_path: str) -> Path:
     """'C' (or 'c') -> the shipped preset C.json; anything else is a sweep file's path or a preset's name."""
     for name in (name_or_path.upper(), name_or_path):

@@ -16,7 +16,7 @@ import torch
 
 from finetune_pipeline.core.batching import InputSplit, evaluation_batches
 from finetune_pipeline.core.config import Config
-from finetune_pipeline.core.device import Precision, autocast, peak_process_memory_mb
+from finetune_pipeline.core.device import Placement, autocast, peak_process_memory_mb
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.core.task import Task
 from finetune_pipeline.core.training_mode import TrainingMode
@@ -109,8 +109,7 @@ def set_arguments(overrides: dict[str, Any]) -> list[str]:
 
 
 def run_preflight(
-    model: TextClassifier, split: InputSplit, config: Config, device: torch.device, precision: Precision,
-    mode: TrainingMode, task: Task,
+    model: TextClassifier, split: InputSplit, config: Config, placement: Placement, mode: TrainingMode, task: Task,
 ) -> Preflight:
     """One step on the heaviest batch; the model's weights and every random generator are left as they were.
 
@@ -118,6 +117,7 @@ def run_preflight(
     texts); otherwise it is a training micro-batch, forward and backward, from split: token ids, or the cached
     hidden states of train_top_layers (then the lower layers do not run).
     """
+    device, precision = placement.device, placement.precision
     extraction = mode.caches_features
     batch_size = config.training.eval_batch_size if extraction else config.training.batch_size
     # the first batch of the longest-first order holds the longest texts: no batch can need more memory

@@ -5,6 +5,7 @@ registry until it is closed and picks a GUI backend; a bare Figure draws with Ag
 and is freed like any other object once it goes out of scope.
 """
 
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,21 @@ def show_no_data(axes: Axes) -> None:
     axes.text(0.5, 0.5, NO_DATA_TEXT, transform=axes.transAxes, ha="center", va="center", color="gray")
     axes.set_xticks([])
     axes.set_yticks([])
+
+
+def regression_png(true: list[float], predicted: list[float]) -> bytes:
+    """Predicted against true (the diagonal is a perfect prediction) and the residuals' histogram."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    scatter_axes, residual_axes = figure.subplots(1, 2)
+    scatter_axes.scatter(true, predicted, s=6, alpha=0.5)
+    low, high = min(true + predicted), max(true + predicted)
+    scatter_axes.plot([low, high], [low, high], color="gray", linewidth=1)
+    scatter_axes.set(title="predicted vs true", xlabel="true", ylabel="predicted")
+    residual_axes.hist([p - t for t, p in zip(true, predicted, strict=True)], bins=40)
+    residual_axes.set(title="residuals (predicted - true)", xlabel="residual", ylabel="examples")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def save_png(figure: Figure, path: Path) -> None:

@@ -11,7 +11,7 @@ from finetune_pipeline.core import backbone_memo
 from finetune_pipeline.core.batching import TokenizedSplit, length_statistics, tokenize_split
 from finetune_pipeline.core.config import Config
 from finetune_pipeline.core.data import Splits, describe_sources, load_splits
-from finetune_pipeline.core.device import Precision, allow_tf32, resolve_device, resolve_precision
+from finetune_pipeline.core.device import Placement, allow_tf32, resolve_device, resolve_precision
 from finetune_pipeline.core.feature_cache import Found, cache_key, lookup_all
 from finetune_pipeline.core.freeze_proof import Snapshot, fingerprint_of, snapshot
 from finetune_pipeline.core.hidden_state_cache import estimated_bytes
@@ -42,8 +42,7 @@ class PreparedRun:
     config: Config
     mode: TrainingMode  # what trains, what is frozen, what is cached
     task: Task  # what the head predicts, the loss, the metrics
-    device: torch.device
-    precision: Precision
+    placement: Placement  # the device, the precision that runs there, the torchrun processes
     splits: Splits
     model: TextClassifier
     tokenized: dict[str, TokenizedSplit]
@@ -68,13 +67,8 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
     import the model code): the cache key needs only the weights' fingerprint, remembered in the cache
     folder (backbone_memo), and training needs only the head.
     """
-    device = resolve_device(config.training.device)
-    processes = distributed.world()
-    if device.type == "cuda" and processes.distributed:
-        device = torch.device("cuda", processes.local_rank)  # under torchrun, one GPU per process
-        torch.cuda.set_device(device)
-    precision = resolve_precision(config.training.mixed_precision, device)
-    allow_tf32(device)
+    placement = place_run(config)
+    processes = placement.processes
     splits = load_splits(config.data, config.seed, task_type(config))
     task = build_task(config, splits.label_names, [example.label for example in splits.train])
 
@@ -93,7 +87,7 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
 
     cache_dir, location = Path(config.output.cache_dir), resolve_backbone(config.model.backbone)
     remembered = backbone_memo.recall(cache_dir, location) if mode.caches_features else None
-    keys, found = look_up_features(config, tokenized, remembered.sha256, precision, device) if remembered else ({}, {})
+    keys, found = look_up_features(config, tokenized, remembered.sha256, placement) if remembered else ({}, {})
     all_cached = remembered is not None and all(features is not None for features, _, _ in found.values())
 
     backbone = None if all_cached and not dry_run else load_backbone(config.model.backbone)
@@ -108,24 +102,33 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
                 backbone_memo.remember(cache_dir, location,
                                        backbone_memo.BackboneFingerprint(backbone_before.hashes, backbone_parameters))
             if remembered is None or remembered.tensor_hashes != backbone_before.hashes:
-                keys, found = look_up_features(config, tokenized, fingerprint_of(backbone_before.hashes), precision,
-                                               device)
+                keys, found = look_up_features(config, tokenized, fingerprint_of(backbone_before.hashes), placement)
 
     # Seeded after loading: the head starts the same whether or not the backbone was loaded.
     seed_everything(config.seed)  # python, numpy and torch RNGs
     model = build_classifier(backbone, backbone_config, config, task, mode)
-    return PreparedRun(config, mode, task, device, precision, splits, model.to(device), tokenized, backbone_before,
+    return PreparedRun(config, mode, task, placement, splits, model.to(placement.device), tokenized, backbone_before,
                        backbone_parameters, keys, found, tokenization,
                        language_warning(tokenization, config.model.backbone))
 
 
+def place_run(config: Config) -> Placement:
+    """The device (under torchrun on GPUs: this process's own), the precision it really runs, the processes."""
+    device = resolve_device(config.training.device)
+    processes = distributed.world()
+    if device.type == "cuda" and processes.distributed:
+        device = torch.device("cuda", processes.local_rank)  # under torchrun, one GPU per process
+        torch.cuda.set_device(device)
+    allow_tf32(device)
+    return Placement(device, resolve_precision(config.training.mixed_precision, device), processes)
+
+
 def look_up_features(
-    config: Config, tokenized: dict[str, TokenizedSplit], backbone_sha256: str, precision: Precision,
-    device: torch.device,
+    config: Config, tokenized: dict[str, TokenizedSplit], backbone_sha256: str, placement: Placement,
 ) -> tuple[dict[str, dict[str, Any]], Found]:
     """Each split's cache key, and what the feature cache holds for it."""
-    keys = {name: cache_key(split, config.model.backbone, backbone_sha256, config.model.pooling, precision, device)
-            for name, split in tokenized.items()}
+    keys = {name: cache_key(split, config.model.backbone, backbone_sha256, config.model.pooling, placement.precision,
+                            placement.device) for name, split in tokenized.items()}
     return keys, lookup_all(Path(config.output.cache_dir), keys)
 
 
@@ -133,14 +136,14 @@ def dry_run(config: Config) -> dict[str, Any]:
     """What a run would do, and whether its heaviest step fits in memory; writes nothing."""
     with distributed.process_group(resolve_device(config.training.device).type):
         prepared = prepare_run(config, dry_run=True)
-        preflight = run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.device,
-                                  prepared.precision, prepared.mode, prepared.task)
+        preflight = run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.placement,
+                                  prepared.mode, prepared.task)
     steps_per_epoch = optimizer_steps_per_epoch(len(prepared.splits.train), config.training)
     return {
         "config": config.to_plain(),
-        "device": str(prepared.device),
-        "mixed_precision": {"requested": prepared.precision.requested, "used": prepared.precision.used,
-                            "reason": prepared.precision.reason},
+        "device": str(prepared.placement.device),
+        "mixed_precision": {"requested": prepared.placement.precision.requested, "used": prepared.placement.precision.used,
+                            "reason": prepared.placement.precision.reason},
         "data_sources": describe_sources(config.data, config.seed, type(prepared.task)),
         "task": prepared.task.name,
         "split_sizes": prepared.splits.sizes(),

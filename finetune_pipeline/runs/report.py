@@ -15,7 +15,7 @@ from typing import Any, Callable
 from finetune_pipeline.core.config import Config, config_settings
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, example_worth
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, FREEZE_PROOF_FILE, METRICS_FILE, REPORT_FILE
-from finetune_pipeline.runs.plots import plot_run_curves
+from finetune_pipeline.runs.plots import plot_run_curves, regression_png
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runs.run_record import FileProblem, RunRecord, read_run_record
 from finetune_pipeline.runtime.files import write_atomically
@@ -189,8 +189,15 @@ def regression_section(metrics: RunMetrics) -> str:
             f"(higher is better). The model predicts the target standardised with the train split's mean "
             f"{show(scaling.get('target_mean'))} and standard deviation {show(scaling.get('target_std'))}, and "
             "every prediction is turned back into the target's units.</p>")
+    split, values = scores[-1]
+    points = values.get("points")
+    figure = "" if not points else (
+        f'\n<img alt="predicted vs true and residuals, {escape(split)}" src="data:image/png;base64,'
+        f'{base64.b64encode(regression_png(points["true"], points["predicted"])).decode("ascii")}">\n'
+        f"<p>Predicted against true on the {escape(split)} ({len(points['true'])} evenly spaced examples): the "
+        "closer to the diagonal the better; the residuals should centre on 0.</p>")
     return table(["split", *names], [[cell(split), *(cell(values.get(name), "number") for name in names)]
-                                     for split, values in scores]) + "\n" + note
+                                     for split, values in scores]) + "\n" + note + figure
 
 
 def confusion_section(metrics: RunMetrics) -> str:

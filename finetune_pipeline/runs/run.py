@@ -62,9 +62,9 @@ def resume_training(run_dir: Path, force: bool = False) -> Path:
 def execute(prepared: PreparedRun, run: RunFolder, checkpoint: dict[str, Any] | None = None) -> Path:
     """Train and test, the same steps in every process (they meet in every gradient sum, extraction and
     evaluation); run records it all, whatever happens. checkpoint: resume.pt's contents, to continue from."""
-    config, model, device, precision = prepared.config, prepared.model, prepared.device, prepared.precision
+    config, model, placement = prepared.config, prepared.model, prepared.placement
     task, training = prepared.task, prepared.config.training
-    state = TrainingState.start(model, training, len(prepared.splits.train), device, precision)
+    state = TrainingState.start(model, training, len(prepared.splits.train), placement)
     with run.recording(state, resuming=checkpoint is not None):
         head_before = snapshot(model.head)  # the seeded initial head, also when resuming
         adapters_before = snapshot(model.adapter_state())  # and the seeded initial LoRA adapters
@@ -72,12 +72,12 @@ def execute(prepared: PreparedRun, run: RunFolder, checkpoint: dict[str, Any] | 
         check_memory(prepared, train_split, run.metrics)
         if checkpoint is not None:
             restore_resume_checkpoint(checkpoint, model, state, run.path)
-        train_model(model, train_split, val_split, task, config, device, precision, state, run)
+        train_model(model, train_split, val_split, task, config, placement, state, run)
         run.save_model(artifacts.FINAL_MODEL_FILE, state.history[-1].epoch, state.step)
         proof = build_freeze_proof(prepared.backbone_before, head_before, adapters_before, model, prepared.mode)
         run.write_freeze_proof(proof)
         run.load_best_model(model)  # test once, with the best checkpoint
-        test_metrics = evaluate(model, test_split, task, training.eval_batch_size, device, precision)
+        test_metrics = evaluate(model, test_split, task, training.eval_batch_size, placement)
         run.completed(test_metrics, proof)
     return run.path
 
@@ -91,8 +91,7 @@ def check_memory(prepared: PreparedRun, train: InputSplit, metrics: RunMetrics) 
     """
     if prepared.mode.caches_features:
         return
-    preflight = run_preflight(prepared.model, train, prepared.config, prepared.device, prepared.precision,
-                              prepared.mode, prepared.task)
+    preflight = run_preflight(prepared.model, train, prepared.config, prepared.placement, prepared.mode, prepared.task)
     metrics.preflight = preflight.as_dict()
     log_event("preflight", **metrics.preflight)
     check_fits(preflight, prepared.config)

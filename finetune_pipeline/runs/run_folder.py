@@ -68,7 +68,7 @@ class RunFolder:
     @contextlib.contextmanager
     def train_log(self) -> Iterator[None]:
         """The package's log goes to train.log (and TensorBoard, when installed) in rank 0, nowhere elsewhere."""
-        if not distributed.world().is_main:
+        if not self.prepared.placement.processes.is_main:
             logger.disabled = True  # rank 0 speaks for every process
             try:
                 yield
@@ -102,7 +102,7 @@ class RunFolder:
         """The best checkpoint's weights into model, in every process: rank 0 reads best_model.pt back from disk
         (which also proves that the file loads) and sends it to the others."""
         path = self.path / artifacts.BEST_MODEL_FILE
-        payload = files.load_checkpoint(path) if distributed.world().is_main else None
+        payload = files.load_checkpoint(path) if self.prepared.placement.processes.is_main else None
         artifacts.restore_weights(model, distributed.broadcast_from_main(payload), path)
 
     # The writes, made by rank 0 alone.
@@ -133,7 +133,7 @@ class RunFolder:
 
     @distributed.main_process_only
     def save_resume_checkpoint(self, state: TrainingState) -> None:
-        if distributed.world().distributed:
+        if self.prepared.placement.processes.distributed:
             return  # resuming a torchrun run is not supported: each process has its own random state
         save_resume_checkpoint(self.path, self.model_payload(state.epoch, state.step), state)
 
@@ -163,7 +163,7 @@ class RunFolder:
         hparams, and for a completed run the `done` line. Also after a failure: a problem with the report is
         logged, never raised, so that it cannot hide the run's own error."""
         self.metrics.record(wall_time_s=time.perf_counter() - self.started,
-                            peak_memory_mb=peak_memory_mb(self.prepared.device))
+                            peak_memory_mb=peak_memory_mb(self.prepared.placement.device))
         self.metrics.write(self.path / artifacts.METRICS_FILE)
         run_lock.release(self.path)
         try:
@@ -209,7 +209,7 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 def initial_metrics(prepared: PreparedRun, kept: dict[str, Any]) -> RunMetrics:
     """metrics.json as it stands before the first step, over the fields in kept (where the config came from;
     when a resumed run starts over, what its earlier sessions recorded); filled in as the run goes."""
-    config, splits, precision = prepared.config, prepared.splits, prepared.precision
+    config, splits, precision = prepared.config, prepared.splits, prepared.placement.precision
     return RunMetrics.model_validate(kept | {
         "status": "running",  # becomes completed | failed | interrupted
         "metric": config.training.metric,
@@ -232,13 +232,13 @@ def initial_metrics(prepared: PreparedRun, kept: dict[str, Any]) -> RunMetrics:
         "data_files": data_fingerprints(config.data),
         "data_sources": describe_sources(config.data, config.seed, type(prepared.task)),
         "code_version": code_version(),
-        "device": str(prepared.device),
+        "device": str(prepared.placement.device),
         "mixed_precision": {"requested": precision.requested, "used": precision.used, "reason": precision.reason},
-        "processes": distributed.world().size,
-        "tf32_matmul": prepared.device.type == "cuda",
-        "effective_batch_size": config.effective_batch_size() * distributed.world().size,
+        "processes": prepared.placement.processes.size,
+        "tf32_matmul": prepared.placement.device.type == "cuda",
+        "effective_batch_size": config.effective_batch_size() * prepared.placement.processes.size,
         "optimizer_steps_per_epoch": optimizer_steps_per_epoch(len(splits.train), config.training,
-                                                               distributed.world().size),
+                                                               prepared.placement.processes.size),
         "parameters": count_parameters(prepared.model, 0 if prepared.model.backbone is not None
                                        else prepared.backbone_parameters),
         "backbone_sha256": prepared.backbone_sha256,
@@ -268,7 +268,7 @@ def progress_metrics(state: TrainingState, task: Task) -> dict[str, Any]:
 
 
 def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: RunMetrics) -> None:
-    config, training, precision = prepared.config, prepared.config.training, prepared.precision
+    config, training, precision = prepared.config, prepared.config.training, prepared.placement.precision
     log_event("start", run_dir=run_dir, seed=config.seed, config_hash=prepared.config.fingerprint()[:12],
               device=metrics.device, backbone=config.model.backbone)
     log_event("data_sources", **(metrics.data_sources or {}))

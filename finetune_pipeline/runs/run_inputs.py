@@ -34,7 +34,7 @@ def cached_feature_splits(prepared: PreparedRun) -> dict[str, tuple[FeatureSplit
     """Each split's pooled backbone features, from the cache or computed once; with the cache status."""
     config = prepared.config
     extract = partial(extract_features, prepared.model, batch_size=config.training.eval_batch_size,
-                      device=prepared.device, precision=prepared.precision)
+                      placement=prepared.placement)
     found = extract_missing(Path(config.output.cache_dir), prepared.feature_keys, prepared.cached_features,
                             prepared.tokenized, extract)
     result = {}
@@ -50,9 +50,9 @@ def cached_hidden_state_splits(prepared: PreparedRun) -> dict[str, tuple[HiddenS
     config, result = prepared.config, {}
     for name, split in prepared.tokenized.items():
         key = hidden_state_key(split, config.model.backbone, prepared.backbone_sha256, prepared.mode.first_trained_layer,
-                               prepared.precision, prepared.device)
+                               prepared.placement.precision, prepared.placement.device)
         states, status, path = cached_hidden_states(prepared.model, split, key, Path(config.output.cache_dir),
-                                                    config.training.eval_batch_size, prepared.device, prepared.precision)
+                                                    config.training.eval_batch_size, prepared.placement)
         log_event("hidden_state_cache", split=name, status=status, examples=len(split), layer=key["layer"],
                   mib=states.states.nbytes / 2**20, path=path)
         result[name] = (states, status)

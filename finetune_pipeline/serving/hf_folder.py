@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from finetune_pipeline.core.config import config_from_dict
-from finetune_pipeline.core.model import TextClassifier
+from finetune_pipeline.core.model import build_classifier
 from finetune_pipeline.core.task import loaded_task
+from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.artifacts import LoadedRun
 from finetune_pipeline.runs.run_metrics import RunMetrics
@@ -125,7 +126,8 @@ def load_hf_export(folder: Path) -> tuple[LoadedRun, str]:
     task = loaded_task(label_names, record.get("task"), run_config.training.metric)
     # The architecture comes from the config alone; every weight then comes from the folder.
     backbone = AutoModel.from_config(backbone_config, attn_implementation="sdpa")
-    model = TextClassifier(backbone, backbone_config, run_config.model, task.num_outputs, task.decides_by_threshold)
+    mode = TrainingMode.of(run_config).with_layers(backbone_config).merged()
+    model = build_classifier(backbone, backbone_config, run_config, task, mode)
     state = renamed(load_file(folder / WEIGHTS_FILE), EXPORT_PREFIX, PACKAGE_PREFIX)
     if task.decides_by_threshold:
         state[THRESHOLDS_KEY] = torch.tensor(hf_config["label_thresholds"])

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.core.batching import TokenizedSplit, tokenize_split
 from finetune_pipeline.core.data import Example, check_labels_seen_in_train, checked_text, read_labelled_file
-from finetune_pipeline.core.device import Precision, resolve_precision
+from finetune_pipeline.core.device import Placement, Precision, resolve_precision
 from finetune_pipeline.core.evaluation import evaluate, predict_logits
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.core.task import Task
@@ -75,7 +75,7 @@ class TorchClassifier:
         return self.model.head.decision_thresholds
 
     def logits(self, split: TokenizedSplit, batch_size: int) -> torch.Tensor:
-        return predict_logits(self.model, split, batch_size, CPU, self.precision)
+        return predict_logits(self.model, split, batch_size, Placement(CPU, self.precision))
 
 
 @dataclass
@@ -109,12 +109,13 @@ def evaluate_file(
     check_labels_seen_in_train(examples, run.label_names, "evaluation", str(data_file), kind)
     split = tokenize_split(examples, run.task.encode, run.tokenizer, data.max_length)
     # the batches of the run's own test evaluation: a CPU run's test file gives exactly its test metrics
-    metrics = evaluate(run.model, split, run.task, run.config.training.eval_batch_size, CPU, precision)
+    metrics = evaluate(run.model, split, run.task, run.config.training.eval_batch_size, Placement(CPU, precision))
     metrics.update(
         examples=len(examples),
         data_file=str(data_file.resolve()),
         data_sha256=source_sha256(str(data_file), EVALUATE_SETTINGS.role),  # as a run hashes its data, folders too
         checkpoint=checkpoint,
+        task=run.task.name,
         label_names=run.label_names,
     )
     output.parent.mkdir(exist_ok=True)
