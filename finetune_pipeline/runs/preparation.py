@@ -139,6 +139,7 @@ def dry_run(config: Config) -> dict[str, Any]:
         preflight = run_preflight(prepared.model, prepared.tokenized["train"], config, prepared.placement,
                                   prepared.mode, prepared.task)
     steps_per_epoch = optimizer_steps_per_epoch(len(prepared.splits.train), config.training)
+    distribution = label_distributions(prepared)
     return {
         "config": config.to_plain(),
         "device": str(prepared.placement.device),
@@ -148,9 +149,9 @@ def dry_run(config: Config) -> dict[str, Any]:
         "task": prepared.task.name,
         "split_sizes": prepared.splits.sizes(),
         "label_names": prepared.splits.label_names,
-        "label_distribution": label_distributions(prepared),
+        "label_distribution": distribution,
         "class_weights": prepared.task.class_weight_table(),
-        "imbalance_warning": imbalance_warning(label_distributions(prepared)["train"], config),
+        "imbalance_warning": imbalance_warning(distribution["train"], config),
         "token_lengths": token_lengths(prepared),
         "tokenization": prepared.tokenization,
         "language_warning": prepared.language_warning,
