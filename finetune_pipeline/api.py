@@ -24,7 +24,7 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
-from finetune_pipeline.core.config import Config, DataConfig, apply_overrides, config_from_dict, read_config_file
+from finetune_pipeline.core.config import Config, DataConfig, config_from_dict, configured, read_config_file
 from finetune_pipeline.core.default_dataset import prepare_default_dataset
 from finetune_pipeline.core.readers import FileSettings
 from finetune_pipeline.errors import OutOfMemory, UserInputError
@@ -231,10 +231,8 @@ def config_source(config: Any) -> tuple[dict[str, Any], str, str | None]:
 
 def build_config(raw: dict[str, Any], overrides: dict[str, Any], source: str, data: dict[str, Data]) -> Config:
     """The effective config, with data.<split>_file set to each given split's path (a table's stored file), and
-    where each split's file comes from, for messages (as load_config records it for a config file)."""
-    described = f"{source} with overrides {overrides}" if overrides else source
-    settings = apply_overrides(raw, overrides)
-    config = config_from_dict(settings, described)  # a bad config fails before any table is stored
+    where each split's file comes from, for messages (config.configured records the origins of the rest)."""
+    config = configured(raw, overrides, source, "overrides")  # a bad config fails before any table is stored
     files, origins = {}, {}
     for split, given in data.items():
         kind = table_kind(given)
@@ -244,18 +242,13 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any], source: str, da
             files[split] = str(store_table(given, split_columns(config.data, split), table_settings(split),
                                            f"the {kind} given as {split}=", config.output.cache_dir))
             origins[split] = stored_origin(kind, f"{split}= to ft.train")
-    if files:  # validated again: with train data of its own, val and test not given are carved out of it
-        files = {f"data.{split}_file": path for split, path in files.items()}
-        config = config_from_dict(apply_overrides(settings, files), described)
-    for split in SPLIT_NAMES:  # setdefault: a split carved out of train says so already
-        config.data._file_origins.setdefault(split, origins.get(split) or file_origin(split, raw, overrides, source))
+    if not files:
+        return config
+    # validated again: with train data of its own, val and test not given are carved out of it
+    config = configured(raw, overrides | {f"data.{split}_file": path for split, path in files.items()}, source,
+                        "overrides")
+    config.data._file_origins.update(origins)
     return config
-
-
-def file_origin(split: str, raw: dict[str, Any], overrides: dict[str, Any], source: str) -> str:
-    if f"data.{split}_file" in overrides:
-        return "set in overrides"
-    return f"set in {source}" if f"{split}_file" in raw.get("data", {}) else "the default"
 
 
 def split_columns(data: DataConfig, split: str) -> dict[str, str]:

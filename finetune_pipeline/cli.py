@@ -4,22 +4,51 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
-from finetune_pipeline.errors import EXIT_INTERRUPTED, UserInputError
+from finetune_pipeline.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, UserInputError, system_fault
 
 DEFAULT_CONFIG = "finetune_pipeline/configs/train_config.json"
 CONFIGS_DIR = Path("finetune_pipeline/configs")
 DEFAULT_ARTIFACTS_ROOT = "finetune_pipeline/artifacts"
 EXIT_SWEEP_HAD_FAILURES = 1
+DEBUG_VARIABLE = "FINETUNE_DEBUG"  # set to 1: an error prints its traceback too (as --debug does)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a way out of the commonest slip: a config key given as an option (`--epochs 3`)."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            message += config_key_hint(message.removeprefix("unrecognized arguments:").split())
+        super().error(message)
+
+
+def config_key_hint(arguments: list[str]) -> str:
+    """'; config values are set with --set KEY=VALUE: --set training.epochs=3' for ['--epochs', '3']."""
+    from finetune_pipeline.core.config import Config, config_settings
+
+    keys = list(config_settings(Config().to_plain()))
+    hints = []
+    for position, argument in enumerate(arguments):
+        name, _, value = argument.removeprefix("--").partition("=")
+        following = arguments[position + 1] if position + 1 < len(arguments) else ""
+        value = value or ("" if following.startswith("-") else following)
+        leaf = name.replace("-", "_")
+        matches = [key for key in keys if key == leaf or key.endswith(f".{leaf}")]
+        if argument.startswith("--") and matches:
+            hints.append(f"--set {matches[0]}={value or 'VALUE'}")
+    return f"; config values are set with --set KEY=VALUE: {' '.join(hints)}" if hints else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="finetune", description="Fine-tune a pretrained text encoder with a small classification head.",
         epilog="Run `finetune COMMAND --help` for a command's options and examples.",
     )
+    add_debug_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
@@ -138,6 +167,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --resume: resume even though the code changed since the run started")
 
 
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help=f"an error prints its Python traceback too (as {DEBUG_VARIABLE}=1 does)")
+
+
 def add_set_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change one config value, e.g. --set training.batch_size=4 (repeatable; "
@@ -167,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                                            args.batch_size, args.runtime, args.text_pair),
         "export": lambda: export_command(args.run_dir, args.export_format, args.checkpoint, args.output),
     }
-    return run_command(commands[args.command])
+    return run_command(commands[args.command], args.debug)
 
 
 def config_argument(args: argparse.Namespace) -> str:
@@ -374,16 +408,13 @@ def export_command(run_dir: str, export_format: str, checkpoint: str, output: st
         print(f"{name}: {folder} ({size / 2**20:,.1f} MiB)")
 
 
-def run_command(command: Callable[[], int | None]) -> int:
-    """Run a command; a user error prints one actionable message (no traceback) and exits with its code:
-    2 for bad input, 3 for a run that does not fit in memory, 4 for a loss that became NaN."""
+def run_command(command: Callable[[], int | None], debug: bool = False) -> int:
+    """Run a command; whatever escapes it becomes one message on stderr (no traceback) and an exit code:
+    2 bad input, 3 out of memory, 4 a loss that became NaN, 5 the machine refused (a full disk, no permission),
+    70 a bug in this package, 130 Ctrl-C. debug (--debug or FINETUNE_DEBUG=1) adds the traceback."""
+    debug = debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     try:
         return command() or 0
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        if err.run_dir is not None:
-            print(f"what the run wrote is in {err.run_dir}", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt as interruption:
         run_dir = getattr(interruption, "run_dir", None)  # set by the run it stopped, if one had started
         from finetune_pipeline.runs.run_folder import continue_advice  # a run was started: its modules are loaded
@@ -393,15 +424,31 @@ def run_command(command: Callable[[], int | None]) -> int:
         print(f"interrupted ({interruption or 'SIGINT'}): every file written so far is complete; {how}",
               file=sys.stderr)
         return getattr(interruption, "exit_code", EXIT_INTERRUPTED)
+    except Exception as error:
+        if debug:
+            traceback.print_exc()
+        known = (error if isinstance(error, UserInputError)
+                 else system_fault(error) if isinstance(error, OSError) else None)
+        if known is None:
+            print(f"error: a bug in finetune_pipeline stopped the command: {type(error).__name__}: {error}\n"
+                  f"Run it again with `finetune --debug ...` (or {DEBUG_VARIABLE}=1) to see where, and report it "
+                  "with that output", file=sys.stderr)
+        else:
+            print(f"error: {known}", file=sys.stderr)
+        run_dir = getattr(error, "run_dir", None)
+        if run_dir is not None:
+            print(f"what the run wrote is in {run_dir}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR if known is None else known.exit_code
 
 
 def train_script_main() -> int:
     """Entry for scripts/train.py, which the students' guide runs as `train.py --config ...`."""
-    parser = argparse.ArgumentParser(prog="train.py", description="Train as a JSON config says.")
+    parser = Parser(prog="train.py", description="Train as a JSON config says.")
     add_train_arguments(parser)
+    add_debug_argument(parser)
     args = parser.parse_args()
     return run_command(lambda: train_command(config_argument(args), args.overrides, args.dry_run, args.resume,
-                                             args.force))
+                                             args.force), args.debug)
 
 
 if __name__ == "__main__":

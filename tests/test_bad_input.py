@@ -36,6 +36,11 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("warmup ratio of 1", {"training": {"warmup_ratio": 1.0}}, ["training.warmup_ratio"]),
     ("unknown scheduler", {"training": {"scheduler": "exponential"}}, ["training.scheduler", "linear"]),
     ("zero gradient clipping", {"training": {"max_grad_norm": 0}}, ["training.max_grad_norm"]),
+    ("infinite gradient clipping", {"training": {"max_grad_norm": float("inf")}},
+     ["training.max_grad_norm", "finite number", "Infinity"]),
+    ("val and test carving the whole train file", {"data": {"val_file": None, "test_file": None, "val_fraction": 0.5,
+                                                            "test_fraction": 0.5}},
+     ["data.val_fraction 0.5 + data.test_fraction 0.5", "nothing to train on"]),
     ("unknown precision", {"training": {"mixed_precision": "fp8"}}, ["training.mixed_precision", "bf16"]),
     ("zero log interval", {"training": {"log_every_steps": 0}}, ["training.log_every_steps"]),
     ("unknown metric", {"training": {"metric": "f1"}}, ["training.metric", "macro_f1"]),
@@ -155,6 +160,28 @@ def test_a_config_file_that_is_not_json_or_not_an_object(tmp_path, capsys):
     expect_bad_input(["train", "--config", str(listed)], tmp_path / "artifacts", ["list.json"], capsys)
 
 
+@pytest.mark.parametrize(("case", "text", "expected"), [
+    ("an empty file", "", ["empty.json", "the file is empty", "train_config.json"]),
+    ("a // comment", '{\n  // fewer epochs\n  "seed": 1\n}', ["line 2", "JSON has no comments"]),
+    ("a comma after the last item", '{"seed": 1,}', ["line 1", "no comma after the last item"]),
+    ("single quotes", "{'seed': 1}", ["double quotes"]),
+    ("a key given twice", '{"training": {\n  "epochs": 2,\n  "epochs": 3}}',
+     ["key 'epochs' appears more than once", "lines 2, 3", "delete the others"]),
+], ids=["empty", "comment", "trailing comma", "single quotes", "repeated key"])
+def test_a_hand_edited_config_gets_the_cause_and_the_fix(tmp_path, capsys, case, text, expected):
+    path = tmp_path / ("empty.json" if case == "an empty file" else "config.json")
+    path.write_text(text, encoding="utf-8")
+    expect_bad_input(["train", "--config", str(path), "--dry-run"], tmp_path / "artifacts", expected, capsys)
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(write_config):
+    from finetune_pipeline.core.config import load_config
+
+    config_path, _ = write_config({"training": {"epochs": 3}})
+    config_path.write_bytes(b"\xef\xbb\xbf" + config_path.read_bytes())  # as Windows Notepad saves UTF-8
+    assert load_config(config_path).training.epochs == 3
+
+
 @pytest.mark.parametrize(("case", "content"), [
     ("byte order mark and Windows line endings", b"\xef\xbb\xbf" + csv_bytes(GOOD_ROWS).replace(b"\n", b"\r\n")),
     ("quoted multi-line field", csv_bytes(GOOD_ROWS) + b'"the good\nplot",pos\n'),
@@ -224,3 +251,172 @@ def test_artifacts_record_paths_as_given_not_the_expanded_home(make_config, tiny
             text = path.read_text(encoding="utf-8")
             assert str(home) not in text, path.name
     assert json.loads((run_dir / "config.json").read_text())["model"]["backbone"] == "~/models/tiny"
+
+
+# ---- whatever escapes a command: one message and a documented exit code (issue 25) ----
+
+
+def test_a_config_key_given_as_an_option_points_at_set(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--epochs", "3", "--batch-size=4"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert ("config values are set with --set KEY=VALUE: --set training.epochs=3 --set training.batch_size=4"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["quiet", "FINETUNE_DEBUG=1"])
+def test_a_bug_is_one_line_with_how_to_see_the_traceback(write_config, monkeypatch, capsys, debug):
+    from finetune_pipeline.errors import EXIT_INTERNAL_ERROR
+
+    def broken(*arguments, **keywords):
+        raise ZeroDivisionError("a slip in the package")
+
+    monkeypatch.setattr("finetune_pipeline.runs.run.prepare_run", broken)
+    if debug:
+        monkeypatch.setenv(cli.DEBUG_VARIABLE, "1")
+    config_path, _ = write_config({})
+    assert cli.main(["train", "--config", str(config_path)]) == EXIT_INTERNAL_ERROR
+    error = capsys.readouterr().err
+    assert "error: a bug in finetune_pipeline stopped the command: ZeroDivisionError: a slip in the package" in error
+    assert "FINETUNE_DEBUG=1" in error
+    assert ("Traceback" in error) == debug
+
+
+def test_a_disk_that_fills_during_a_run_ends_as_a_failed_run_that_resume_continues(write_config, monkeypatch,
+                                                                                   capsys):
+    import errno
+
+    from finetune_pipeline.errors import EXIT_SYSTEM_FAULT
+    from finetune_pipeline.runs.run_folder import RESERVED_SPACE_FILE
+    from finetune_pipeline.runtime import files
+
+    real_write = files.write_atomically
+    disk = {"full": False}
+
+    def write_on_a_filling_disk(path: Path, write) -> None:
+        """The disk fills at the first best checkpoint; from then on nothing fits but what the run's reserved
+        space makes room for once it is released."""
+        disk["full"] = disk["full"] or path.name == "best_model.pt"
+        if disk["full"] and (path.parent / RESERVED_SPACE_FILE).exists():
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, write)
+
+    monkeypatch.setattr(files, "write_atomically", write_on_a_filling_disk)
+    config_path, artifacts_root = write_config({"training": {"freeze_backbone": False}})
+    assert cli.main(["train", "--config", str(config_path)]) == EXIT_SYSTEM_FAULT
+    error = capsys.readouterr().err
+    (run_dir,) = artifacts_root.iterdir()
+    assert "Traceback" not in error
+    assert f"error: {run_dir / 'best_model.pt'}: No space left on device; free space on that disk" in error
+    assert f"then continue it with `finetune train --resume {run_dir}`" in error
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "No space left on device" in metrics["error"]
+    assert not list(run_dir.glob(".*.tmp"))  # the reserved space went first, the failed write's temporary too
+
+    monkeypatch.setattr(files, "write_atomically", real_write)  # space freed: the run continues
+    assert cli.main(["train", "--resume", str(run_dir)]) == 0, capsys.readouterr().err
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_cache_folder_that_cannot_be_written_fails_before_the_run_folder(write_config, tmp_path, capsys):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    config_path, artifacts_root = write_config({"output": {"cache_dir": str(blocked / "cache")}})
+    expect_bad_input(["train", "--config", str(config_path)], artifacts_root,
+                     ["output.cache_dir", "cannot write there", "point output.cache_dir at a folder"], capsys)
+
+
+def test_a_head_too_large_to_allocate_is_out_of_memory_before_the_run_folder(write_config, capsys):
+    from finetune_pipeline.errors import EXIT_OUT_OF_MEMORY
+
+    config_path, artifacts_root = write_config({"model": {"hidden_dim": 10**10}})
+    assert cli.main(["train", "--config", str(config_path)]) == EXIT_OUT_OF_MEMORY
+    error = capsys.readouterr().err
+    assert "out of memory building the model" in error and "Traceback" not in error
+    assert not artifacts_root.exists() or not any(artifacts_root.iterdir())
+
+
+# ---- backbones: folders that are not models, damaged files, models that are not encoders (issue 25) ----
+
+
+@pytest.fixture
+def odd_backbone(tiny_backbone_dir, tmp_path):
+    """A model folder beside the tiny BERT: its tokenizer files (pad_token and eos_token as given), a model's
+    weights or only a config."""
+    from transformers import BertTokenizer
+
+    def build(model: Any = None, config: Any = None, pad_token: str | None = "[PAD]",
+              eos_token: str | None = None) -> Path:
+        folder = tmp_path / "odd-backbone"
+        BertTokenizer(vocab=tiny_vocabulary(tiny_backbone_dir), pad_token=pad_token,
+                      eos_token=eos_token).save_pretrained(folder)
+        if model is not None:
+            model.save_pretrained(folder)
+        else:
+            config.save_pretrained(folder)
+        return folder
+
+    return build
+
+
+def tiny_vocabulary(folder: Path) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).get_vocab()
+
+
+def tiny_gpt2(vocabulary_size: int) -> Any:
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    return GPT2Model(GPT2Config(vocab_size=vocabulary_size, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                bos_token_id=3, eos_token_id=3))
+
+
+def test_a_decoder_only_backbone_without_a_padding_token_trains_padding_with_its_end_token(
+        write_config, odd_backbone, tiny_backbone_dir, capsys):
+    folder = odd_backbone(model=tiny_gpt2(len(tiny_vocabulary(tiny_backbone_dir))), pad_token=None, eos_token="[SEP]")
+    config_path, artifacts_root = write_config({"model": {"backbone": str(folder)},
+                                                "training": {"freeze_backbone": False, "epochs": 1}})
+    assert cli.main(["train", "--config", str(config_path)]) == 0, capsys.readouterr().err
+    (run_dir,) = artifacts_root.iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    capsys.readouterr()
+    assert cli.main(["predict", str(run_dir), "--text", "a good movie", "--text", "bad"]) == 0
+    assert [line.split("\t")[-1] for line in capsys.readouterr().out.splitlines()] == ["a good movie", "bad"]
+
+    config_path, artifacts_root = write_config({"model": {"backbone": str(folder), "pooling": "cls"}})
+    shutil.rmtree(artifacts_root)
+    expect_bad_input(["train", "--config", str(config_path)], artifacts_root,
+                     ["model.pooling 'cls'", "GPT2 is a decoder-only model", 'use model.pooling "mean"'], capsys)
+
+
+@pytest.mark.parametrize("case", ["encoder-decoder", "no padding or end token", "missing folder", "empty folder",
+                                  "weights cut short"])
+def test_a_backbone_that_cannot_serve_is_refused_before_the_run_folder(write_config, odd_backbone,
+                                                                      tiny_backbone_dir, tmp_path, capsys, case):
+    from transformers import T5Config
+
+    if case == "encoder-decoder":
+        folder = odd_backbone(config=T5Config(vocab_size=64, d_model=32, num_layers=1, num_heads=2, d_ff=64))
+        expected = ["T5 is an encoder-decoder model", "Choose an encoder", "bert-base-uncased"]
+    elif case == "no padding or end token":
+        folder = odd_backbone(model=tiny_gpt2(64), pad_token=None)
+        expected = ["neither a padding token nor an end-of-text token", "pad_token"]
+    elif case == "missing folder":
+        folder = tmp_path / "models" / "no-such-model"
+        expected = ["no such folder", "config.json", "sentence-transformers/all-MiniLM-L6-v2"]
+    elif case == "empty folder":
+        folder = tmp_path / "empty-model"
+        folder.mkdir()
+        expected = ["has no config.json", "holds: nothing"]
+    else:
+        folder = tmp_path / "cut-short"
+        shutil.copytree(tiny_backbone_dir, folder)
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
+        expected = ["could not load its weights", "download it again"]
+    config_path, artifacts_root = write_config({"model": {"backbone": str(folder)},
+                                                "training": {"freeze_backbone": False}})
+    expect_bad_input(["train", "--config", str(config_path)], artifacts_root, [f"model.backbone", *expected], capsys)

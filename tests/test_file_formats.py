@@ -216,3 +216,63 @@ def test_predict_reads_the_same_formats(make_config, tmp_path):
     assert predict_file(run_dir, tmp_path / "new.parquet", tmp_path / "out.jsonl") == 3
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [row["text"] for row in written] == texts
+
+
+# ---- the same problem read alike in every format (issue 25) ----
+
+
+def excel_file(path, sheets: dict[str, list[list]]):
+    openpyxl = pytest.importorskip("openpyxl")
+    workbook = openpyxl.Workbook()
+    workbook.remove(workbook.active)
+    for title, rows in sheets.items():
+        sheet = workbook.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
+    workbook.save(path)
+    return path
+
+
+def test_two_columns_of_one_name_are_refused_in_every_format(tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    from pyarrow import parquet
+
+    rows = [["text", "label", "label"], *([text, label, "x"] for text, label in ROWS)]
+    (tmp_path / "two.csv").write_text("\n".join(",".join(row) for row in rows), encoding="utf-8")
+    excel_file(tmp_path / "two.xlsx", {"data": rows})
+    columns = list(zip(*rows[1:], strict=True))
+    parquet.write_table(pyarrow.table(list(columns), names=rows[0]), tmp_path / "two.parquet")
+    for name in ("two.csv", "two.xlsx", "two.parquet"):
+        with pytest.raises(UserInputError, match=r"line 1: duplicate column name\(s\) \['label'\]; rename"):
+            read(tmp_path / name)
+
+
+def test_integer_labels_written_as_1_0_are_the_class_1_in_a_csv_too(tmp_path):
+    path = tmp_path / "numbers.csv"
+    path.write_text("text,label\ngood,1\nbad,0.0\nfine,1.0\nawful,0\n", encoding="utf-8")
+    assert read(path) == [("good", "1"), ("bad", "0"), ("fine", "1"), ("awful", "0")]
+    (tmp_path / "numbers.jsonl").write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label
+                                                    in (("good", 1), ("bad", 0.0), ("fine", 1.0), ("awful", 0))))
+    assert read(tmp_path / "numbers.jsonl") == read(path)
+    path.write_text("text,label\ngood,1.5\nbad,1.50\n", encoding="utf-8")
+    assert read(path) == [("good", "1.5"), ("bad", "1.50")]  # only a whole number loses its zeros
+
+
+def test_one_long_document_in_a_csv_cell_is_read(tmp_path):
+    path = tmp_path / "long.csv"
+    long_text = "a very long review, " * 20_000  # 400 KB in one field: over csv's default cap of 128 KiB
+    path.write_text(f'text,label\n"{long_text}",pos\nshort,neg\n', encoding="utf-8")
+    assert read(path) == [(long_text, "pos"), ("short", "neg")]
+
+
+@pytest.mark.parametrize("where, sheets, expected", [
+    ("under a title row", {"data": [["Reviews, 2026"], [], ["text", "label"], *map(list, ROWS)]},
+     "are in row 3 of the first sheet \\('data'\\), but only the first sheet is read, with its header in row 1; delete "
+     "the rows above the header"),
+    ("on the second sheet", {"notes": [["read me"]], "data": [["text", "label"], *map(list, ROWS)]},
+     "are in row 1 of sheet 'data' \\(sheet 2\\), but only the first sheet is read.*move that sheet first"),
+])
+def test_an_excel_header_elsewhere_is_pointed_at(tmp_path, where, sheets, expected):
+    path = excel_file(tmp_path / "book.xlsx", sheets)
+    with pytest.raises(UserInputError, match=expected):
+        read(path)

@@ -29,8 +29,9 @@ def is_default_data_file(path: str | None, split: str) -> bool:
 
 
 class StrictModel(BaseModel):
-    # extra="forbid": a misspelt key is an error, never silently ignored.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # extra="forbid": a misspelt key is an error, never silently ignored; allow_inf_nan=False: Infinity or NaN
+    # (which Python's json reads) is refused here, not when config.json cannot be written
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ColumnNames(StrictModel):
@@ -142,6 +143,16 @@ class DataConfig(StrictModel):
             if is_default_data_file(getattr(self, f"{split}_file"), split):
                 setattr(self, f"{split}_file", None)
                 self._file_origins[split] = SPLIT_FROM_TRAIN.format(split=split)
+        return self
+
+    @model_validator(mode="after")  # after the rule above, which may carve val and test
+    def carved_splits_leave_train_rows(self) -> "DataConfig":
+        carved = {split: getattr(self, f"{split}_fraction") for split in ("val", "test")
+                  if getattr(self, f"{split}_file") is None}
+        if len(carved) == 2 and sum(carved.values()) >= 1:
+            raise ValueError(f"data.val_fraction {carved['val']} + data.test_fraction {carved['test']} carve "
+                             f"{sum(carved.values()):.0%} of the train file into val and test, leaving nothing to "
+                             "train on; keep their sum well under 1 (the defaults are 0.1 each)")
         return self
 
     def file_origin(self, split: str) -> str | None:
@@ -369,15 +380,18 @@ def markdown_value(value: Any) -> str:
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read a JSON config file, apply --set overrides, and validate the result; every problem becomes
     one readable UserInputError."""
-    raw = read_config_file(path)
-    overrides = overrides or {}
+    return configured(read_config_file(path), overrides or {}, str(path), "--set")
+
+
+def configured(raw: dict[str, Any], overrides: dict[str, Any], source: str, overrides_named: str) -> Config:
+    """The config that raw (read from source) becomes with overrides applied, validated, and where each split's
+    file comes from recorded for messages. overrides_named is what the user calls them: "--set" or "overrides"."""
     settings = " ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items())
     config = config_from_dict(apply_overrides(raw, overrides),
-                              source=f"{path} with --set {settings}" if overrides else str(path))
+                              source=f"{source} with {overrides_named} {settings}" if overrides else source)
     for split in ("train", "val", "test"):
-        key = f"data.{split}_file"
-        chosen = ("set with --set" if key in overrides else f"set in {path}" if split + "_file" in raw.get("data", {})
-                  else "the default")
+        chosen = (f"set with {overrides_named}" if f"data.{split}_file" in overrides
+                  else f"set in {source}" if f"{split}_file" in raw.get("data", {}) else "the default")
         config.data._file_origins.setdefault(split, chosen)  # a split carved out of train says so already
     return config
 
@@ -388,21 +402,60 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise UserInputError(f"config {path}: is a directory; pass the path of a .json file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: a byte order mark (Windows Notepad) is skipped
     except FileNotFoundError:
         raise UserInputError(
             f"config {path}: file not found; copy finetune_pipeline/configs/train_config.json "
             "and pass its path with --config"
         ) from None
     except UnicodeDecodeError as err:
-        raise UserInputError(f"config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise UserInputError(f"config {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as "
+                             "UTF-8 in your editor") from None
+    if not text.strip():
+        raise UserInputError(f'config {path}: the file is empty; a config is a JSON object such as '
+                             '{"training": {"epochs": 3}} (copy finetune_pipeline/configs/train_config.json)')
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, object_pairs_hook=object_without_repeated_keys)
+    except RepeatedKey as repeated:
+        lines = [str(number) for number, line in enumerate(text.splitlines(), start=1)
+                 if re.search(rf'"{re.escape(repeated.key)}"\s*:', line)]
+        raise UserInputError(f"config {path}: key '{repeated.key}' appears more than once in one section (lines "
+                             f"{', '.join(lines)}); JSON would keep only the last, so delete the others") from None
     except json.JSONDecodeError as err:
-        raise UserInputError(f"config {path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        raise UserInputError(f"config {path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+                             f"{json_hint(err)}") from None
     if not isinstance(raw, dict):
         raise UserInputError(f"config {path}: the top level must be a JSON object {{...}}, got {type(raw).__name__}")
     return raw
+
+
+class RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a key given twice is refused (json.loads would keep the last without a word)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise RepeatedKey(key)
+        seen[key] = value
+    return seen
+
+
+def json_hint(error: json.JSONDecodeError) -> str:
+    """What usually causes a JSON error in a hand-edited config, where the text says so."""
+    rest = error.doc[error.pos:].lstrip()
+    if rest.startswith(("//", "/*", "#")):
+        return "; JSON has no comments: delete the comment (the guide explains every key instead)"
+    before = error.doc[:error.pos].rstrip()
+    if before.endswith(",") and rest[:1] in ("}", "]"):
+        return "; JSON allows no comma after the last item: delete it"
+    if rest.startswith("'"):
+        return "; JSON strings take double quotes: \"like this\""
+    return ""
 
 
 def parse_override(assignment: str) -> tuple[str, Any]:

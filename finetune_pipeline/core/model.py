@@ -64,23 +64,73 @@ def read_pretrained(backbone: str, kind: str, read: Callable[[str], Any]) -> Any
     location = resolve_backbone(backbone)
     if _loaded is not None and (kind, location) in _loaded:
         return _loaded[kind, location]
+    check_backbone_folder(backbone, location)
     try:
         loaded = read(location)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # OSError, ValueError, safetensors' and tokenizers' own errors for damaged files
+        first_line = str(err).splitlines()[0] if str(err) else ""
         raise UserInputError(
-            f"model.backbone '{backbone}': could not load its {kind} from {location} ({err}). "
-            "Give a local folder with config.json, weights and tokenizer files, or a Hugging Face "
-            "model id that is in your local cache or reachable online"
+            f"model.backbone '{backbone}': could not load its {kind} from {location} ({type(err).__name__}: "
+            f"{first_line}). Give a local folder with config.json, weights and tokenizer files, or a Hugging Face "
+            "model id that is in your local cache or reachable online; a file cut short by an interrupted download "
+            "fails like this too: download it again"
         ) from None
     if _loaded is not None:
         _loaded[kind, location] = loaded
     return loaded
 
 
+def check_backbone_folder(backbone: str, location: str) -> None:
+    """A backbone named by a path must be a model folder; else the hub's own error would speak of repo ids."""
+    path = Path(location).expanduser()
+    named_as_path = backbone.startswith(("/", "./", "../", "~")) or backbone.count("/") > 1 or "\\" in backbone
+    if named_as_path and not path.exists():
+        raise UserInputError(f"model.backbone '{backbone}': no such folder (relative paths start from {Path.cwd()}); "
+                             "give the folder that holds the model's config.json, weights and tokenizer, or a Hugging "
+                             "Face model id such as sentence-transformers/all-MiniLM-L6-v2")
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(child.name for child in path.iterdir())[:8]
+        raise UserInputError(f"model.backbone '{backbone}': the folder has no config.json, so it is not a saved "
+                             f"Hugging Face model (it holds: {', '.join(found) or 'nothing'}); give the folder that "
+                             "save_pretrained wrote, or a model id")
+
+
 def load_tokenizer(backbone: str) -> tuple[PreTrainedTokenizerBase, PretrainedConfig]:
-    """The tokenizer and the backbone's config (sizes, maximum length): milliseconds, no weights read."""
-    return (read_pretrained(backbone, "tokenizer", AutoTokenizer.from_pretrained),
-            read_pretrained(backbone, "config", AutoConfig.from_pretrained))
+    """The tokenizer and the backbone's config (sizes, maximum length): milliseconds, no weights read.
+
+    A tokenizer without a padding token (GPT-2 and most decoder-only models) pads with its end-of-text token, as
+    the field does: padding is masked out of attention and of the mean pooling, so which token it is does not
+    matter."""
+    tokenizer = read_pretrained(backbone, "tokenizer", AutoTokenizer.from_pretrained)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserInputError(f"model.backbone '{backbone}': its tokenizer has neither a padding token nor an "
+                                 "end-of-text token to pad with; add a pad_token to its tokenizer_config.json")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, read_pretrained(backbone, "config", AutoConfig.from_pretrained)
+
+
+def check_backbone_kind(backbone: str, backbone_config: PretrainedConfig, pooling: str) -> None:
+    """Encoders (BERT and its kin) are what this pipeline fine-tunes; a decoder-only model works with mean pooling
+    over its tokens; an encoder-decoder model is refused."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = type(backbone_config).__name__.removesuffix("Config")
+    if getattr(backbone_config, "is_encoder_decoder", False):
+        raise UserInputError(
+            f"model.backbone '{backbone}': {kind} is an encoder-decoder model (made for generating text); this "
+            "pipeline fine-tunes an encoder with a head on top. Choose an encoder, e.g. "
+            "sentence-transformers/all-MiniLM-L6-v2 (the default), bert-base-uncased, roberta-base, xlm-roberta-base "
+            "or microsoft/deberta-v3-small")
+    model_type = backbone_config.model_type
+    decoder_only = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if decoder_only and pooling == "cls":
+        raise UserInputError(
+            f"model.pooling 'cls' with model.backbone '{backbone}': {kind} is a decoder-only model, whose first token "
+            "sees only itself and so carries nothing of the text; use model.pooling \"mean\" (the default)")
 
 
 def load_backbone(backbone: str) -> "PreTrainedModel":

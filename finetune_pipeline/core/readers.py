@@ -144,12 +144,13 @@ def delimited_records(text: str, path: Path, columns: dict[str, str], settings: 
     is_tsv = path.suffix.lower() == ".tsv"
     if is_tsv or delimiter is None:  # a .tsv is always tab-separated (config.py says so)
         delimiter = "\t" if is_tsv else detect_delimiter(text, columns)
+    # csv caps a field at 128 KiB by default, which one long document in a cell exceeds; the whole file is in
+    # memory already, so a field can be as long as the text
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
                         quoting=csv.QUOTE_NONE if is_tsv else csv.QUOTE_MINIMAL)
     header = next(reader)
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates:
-        raise UserInputError(f"{path}, line 1: duplicate column name(s) {duplicates}; rename them in the header")
+    check_unique_names(header, path)
     indices = {role: column_index(header, column, role, path, settings, text, delimiter)
                for role, column in columns.items()}
     records = []
@@ -168,6 +169,14 @@ def delimited_records(text: str, path: Path, columns: dict[str, str], settings: 
         records.append(Record(line, {role: row[index] for role, index in indices.items()}))
         line = reader.line_num + 1
     return records
+
+
+def check_unique_names(names: list[str], source: str | Path) -> None:
+    """Two columns of one name: which would be read is an accident of the reader, so every reader refuses it."""
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise UserInputError(f"{source}, line 1: duplicate column name(s) {duplicates}; rename them in the header "
+                             "so that each column has its own name")
 
 
 def header_fields(text: str, delimiter: str) -> list[str]:
@@ -238,6 +247,7 @@ def table_records(source: str | Path, names: list[str], column_values: dict[str,
                   columns: dict[str, str], settings: FileSettings, lines: list[int] | None = None) -> list[Record]:
     """Records from a table given as its column names and {column: values}; lines: each row's number for
     messages (default: counting from line 2, below the header)."""
+    check_unique_names(names, source)
     for role, column in columns.items():
         if column not in names:
             raise UserInputError(f"{source}: no {role} column '{column}'; columns found: {', '.join(names)}. "
@@ -262,6 +272,7 @@ def parquet_records(path: Path, columns: dict[str, str], settings: FileSettings)
     parquet = import_optional("pyarrow.parquet", f"{path} (Parquet)")
     try:
         names = parquet.read_schema(path).names
+        check_unique_names(names, path)  # before pyarrow's own error for two columns of one name
         wanted = [column for column in columns.values() if column in names]
         table = parquet.read_table(path, columns=wanted)
     except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
@@ -276,23 +287,47 @@ def excel_records(path: Path, columns: dict[str, str], settings: FileSettings) -
     except Exception as err:  # openpyxl raises zipfile, KeyError and its own errors for a broken file
         raise UserInputError(f"{path}: not a readable .xlsx workbook ({type(err).__name__}: {err})") from None
     try:
-        numbered = list(enumerate(workbook.worksheets[0].iter_rows(values_only=True), start=1))
+        numbered = filled_rows(workbook.worksheets[0])
+        header = [] if not numbered else cell_names(numbered[0][1])
+        if not set(columns.values()) <= set(header):
+            explain_where_the_header_is(workbook, path, list(columns.values()))
     finally:
         workbook.close()
-    # blank rows go, but every message names the row number the spreadsheet shows
-    numbered = [(number, list(row)) for number, row in numbered
-                if any(cell is not None and str(cell).strip() for cell in row)]
     if not numbered:
         raise UserInputError(f"{path}: the first sheet is empty; put a header row and the data there")
     lines, rows = [number for number, _ in numbered[1:]], [row for _, row in numbered]
-    header = ["" if cell is None else str(cell).strip() for cell in rows[0]]
+    names = [name for name in header if name]
     values = {name: [row[index] if index < len(row) else None for row in rows[1:]]
               for index, name in enumerate(header) if name}
     text_column = columns.get("text")
     if text_column in values:  # a number typed into the text column is a text all the same
         values[text_column] = [value if value is None or isinstance(value, str) else str(value)
                                for value in values[text_column]]
-    return table_records(path, list(values), values, columns, settings, lines)
+    return table_records(path, names, values, columns, settings, lines)
+
+
+def filled_rows(sheet: Any) -> list[tuple[int, list[Any]]]:
+    """(row number as the spreadsheet shows it, cells) of every row that is not blank."""
+    return [(number, list(row)) for number, row in enumerate(sheet.iter_rows(values_only=True), start=1)
+            if any(cell is not None and str(cell).strip() for cell in row)]
+
+
+def cell_names(row: list[Any]) -> list[str]:
+    return ["" if cell is None else str(cell).strip() for cell in row]
+
+
+def explain_where_the_header_is(workbook: Any, path: Path, wanted: list[str]) -> None:
+    """Only the first sheet is read, with its header in row 1: if the wanted columns are below a title or on
+    another sheet, say so (the usual error, no such column, follows otherwise)."""
+    for index, sheet in enumerate(workbook.worksheets):
+        for number, row in enumerate(sheet.iter_rows(max_row=20, values_only=True), start=1):
+            if set(wanted) <= set(cell_names(list(row))) and (index, number) != (0, 1):
+                where = (f"row {number} of the first sheet ('{sheet.title}')" if index == 0
+                         else f"row {number} of sheet '{sheet.title}' (sheet {index + 1})")
+                fix = ("delete the rows above the header" if index == 0
+                       else "move that sheet first, or save it as a file of its own")
+                raise UserInputError(f"{path}: the columns {', '.join(wanted)} are in {where}, but only the first "
+                                     f"sheet is read, with its header in row 1; {fix}")
 
 
 def dataset_location(location: str) -> tuple[str, str | None]:

@@ -57,12 +57,14 @@ def missing(value: Any) -> bool:
 
 
 def label_name(value: Any, where: str) -> str:
-    """A class name: a string without surrounding whitespace; JSON's 1 and 1.0 both become '1'."""
+    """A class name: a string without surrounding whitespace; 1 and 1.0 both become '1', whether a JSON or Parquet
+    number or a CSV cell's text (a spreadsheet may write 1.0 where it was given 1)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise UserInputError(f"{where}: a label must be a string or an integer, got {json.dumps(value, default=str)}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return str(value).strip()  # ' positive' and 'positive' are one label
+    name = str(value).strip()  # ' positive' and 'positive' are one label
+    return re.sub(r"^(-?\d+)\.0+$", r"\1", name)
 
 
 def sorted_names(names: set[str]) -> list[str]:

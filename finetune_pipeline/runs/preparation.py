@@ -1,6 +1,7 @@
 """Preparing a run: check and load everything it needs before anything is written, so that a bad input (config,
 data, backbone) leaves nothing behind. The dry run is this phase alone, with the memory preflight."""
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from finetune_pipeline.core.model import (
     TextClassifier,
     backbone_max_length,
     build_classifier,
+    check_backbone_kind,
     encoder_layers,
     load_backbone,
     load_tokenizer,
@@ -27,9 +29,9 @@ from finetune_pipeline.core.model import (
 )
 from finetune_pipeline.core.task import Task, build_task, imbalance_warning, task_type
 from finetune_pipeline.core.training import optimizer_steps_per_epoch, seed_everything
-from finetune_pipeline.core.training_mode import TrainingMode
+from finetune_pipeline.core.training_mode import Cached, TrainingMode
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.runs.memory_check import run_preflight
+from finetune_pipeline.runs.memory_check import is_out_of_memory, out_of_memory, run_preflight
 from finetune_pipeline.runtime import distributed
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -73,6 +75,7 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
     task = build_task(config, splits.label_names, [example.label for example in splits.train])
 
     tokenizer, backbone_config = load_tokenizer(config.model.backbone)
+    check_backbone_kind(config.model.backbone, backbone_config, config.model.pooling)
     longest = backbone_max_length(backbone_config)
     if longest is not None and config.data.max_length > longest:
         raise UserInputError(
@@ -86,6 +89,8 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
     tokenization = tokenization_report(examples, tokenized, tokenizer)
 
     cache_dir, location = Path(config.output.cache_dir), resolve_backbone(config.model.backbone)
+    if mode.cached is not Cached.NOTHING and not dry_run:
+        check_writable(cache_dir, "output.cache_dir")  # found now, not after the run folder exists
     remembered = backbone_memo.recall(cache_dir, location) if mode.caches_features else None
     keys, found = look_up_features(config, tokenized, remembered.sha256, placement) if remembered else ({}, {})
     all_cached = remembered is not None and all(features is not None for features, _, _ in found.values())
@@ -106,10 +111,26 @@ def prepare_run(config: Config, dry_run: bool = False) -> PreparedRun:
 
     # Seeded after loading: the head starts the same whether or not the backbone was loaded.
     seed_everything(config.seed)  # python, numpy and torch RNGs
-    model = build_classifier(backbone, backbone_config, config, task, mode)
+    try:
+        model = build_classifier(backbone, backbone_config, config, task, mode)
+    except RuntimeError as error:  # e.g. model.hidden_dim 10**10: a head that cannot be allocated
+        if not is_out_of_memory(error):
+            raise
+        raise out_of_memory(config, "building the model", str(error).splitlines()[0]) from None
     return PreparedRun(config, mode, task, placement, splits, model.to(placement.device), tokenized, backbone_before,
                        backbone_parameters, keys, found, tokenization,
                        language_warning(tokenization, config.model.backbone))
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """The folder exists or can be made, and a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserInputError(f"{key} '{folder}': cannot write there ({error.strerror or error}); point {key} at a "
+                             "folder you may write, on a disk with room") from None
 
 
 def place_run(config: Config) -> Placement:

@@ -20,7 +20,7 @@ from finetune_pipeline.core.device import peak_process_memory_mb
 from finetune_pipeline.core.model import TextClassifier, count_parameters
 from finetune_pipeline.core.task import Task
 from finetune_pipeline.core.training import TrainingState, optimizer_steps_per_epoch
-from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.errors import system_fault
 from finetune_pipeline.runs import artifacts, run_lock
 from finetune_pipeline.runs.memory_check import is_out_of_memory, out_of_memory
 from finetune_pipeline.runs.preparation import PreparedRun, label_distributions, token_lengths
@@ -32,6 +32,12 @@ from finetune_pipeline.runs.tensorboard_log import TensorBoardHandler, open_tens
 from finetune_pipeline.runtime import distributed, files
 from finetune_pipeline.runtime.interruption import stop_signals_handled
 from finetune_pipeline.runtime.run_log import RunLogging, log_event, logger
+
+# Held for the span of a run and removed first thing when it ends, so that a disk filled during the run (by the run or
+# by anything else) still has room for the record of how it ended: metrics.json, the report. The .tmp suffix: a
+# killed run's is removed by whoever takes the folder over (files.remove_stale_temporaries).
+RESERVED_SPACE_FILE = ".reserved-space.tmp"
+RESERVED_SPACE_BYTES = 4 * 2**20
 
 
 class RunFolder:
@@ -80,9 +86,12 @@ class RunFolder:
             yield
 
     def stopped(self, error: BaseException, state: TrainingState) -> BaseException:
-        """Record why the run stopped; returns the error to raise (out of memory, explained)."""
+        """Record why the run stopped; returns the error to raise (out of memory or a full disk, explained)."""
         if is_out_of_memory(error):
             error = out_of_memory(self.prepared.config, "during training", str(error).splitlines()[0])
+        elif isinstance(error, OSError):  # a full disk, a folder that became unwritable
+            error = system_fault(error)
+            error.args = (f"{error}; then {continue_advice(self.path)}",)
         interrupted = isinstance(error, KeyboardInterrupt)
         self.metrics.record(status="interrupted" if interrupted else "failed",
                             optimizer_steps=state.step)  # the epochs' figures are in since each epoch's end
@@ -94,7 +103,7 @@ class RunFolder:
         else:
             self.metrics.error = f"{type(error).__name__}: {error}"
             log_event("failed", level=logging.ERROR, error=self.metrics.error)
-        if isinstance(error, (UserInputError, KeyboardInterrupt)):
+        with contextlib.suppress(AttributeError):  # a few built-in exceptions take no attributes
             error.run_dir = self.path  # the CLI names it: what the run wrote, and what --resume continues
         return error
 
@@ -110,6 +119,7 @@ class RunFolder:
     @distributed.main_process_only
     def start(self, resuming: bool) -> None:
         run_lock.acquire(self.path)
+        files.reserve_space(self.path / RESERVED_SPACE_FILE, RESERVED_SPACE_BYTES)
         self.metrics.status = "running"
         if not resuming:
             log_run_start(self.prepared, self.path, self.metrics)
@@ -162,6 +172,7 @@ class RunFolder:
         """metrics.json as the run ends, the lock released, then curves.png, report.html and TensorBoard's
         hparams, and for a completed run the `done` line. Also after a failure: a problem with the report is
         logged, never raised, so that it cannot hide the run's own error."""
+        (self.path / RESERVED_SPACE_FILE).unlink(missing_ok=True)  # room for these last records on a full disk
         self.metrics.record(wall_time_s=time.perf_counter() - self.started,
                             peak_memory_mb=peak_memory_mb(self.prepared.placement.device))
         self.metrics.write(self.path / artifacts.METRICS_FILE)

@@ -39,6 +39,15 @@ def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
+def reserve_space(path: Path, size: int) -> None:
+    """A file of size bytes that really holds its blocks on the disk (written, not sparse), to be deleted when
+    that room is needed."""
+    with path.open("wb") as file:
+        file.write(bytes(size))
+        file.flush()
+        os.fsync(file.fileno())
+
+
 def remove_stale_temporaries(folder: Path) -> None:
     """A process killed with SIGKILL in the middle of write_atomically leaves its temporary file behind (the
     target file itself is untouched): whoever takes the folder over next removes them."""

@@ -6,6 +6,7 @@ Values with spaces are double-quoted; `parse_line` turns a line back into a dict
 """
 
 import logging
+import sys
 import shlex
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,19 @@ def read_events(path: str | Path, event: str | None = None) -> list[dict[str, st
     return [entry for entry in events if event is None or entry.get("event") == event]
 
 
+class LogFileHandler(logging.FileHandler):
+    """train.log; when a line cannot be written (a full disk), one warning on the console instead of logging's
+    traceback for every line that follows (the run's own error says what happened)."""
+
+    unwritable = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.unwritable:
+            self.unwritable = True
+            print(f"warning: {self.baseFilename}: a log line could not be written ({sys.exc_info()[1]}); "
+                  "the following lines go to the console only", file=sys.stderr)
+
+
 class RunLogging:
     """Sends the package's log to the console and to the run's train.log, for the span of a `with`.
 
@@ -51,7 +65,7 @@ class RunLogging:
     """
 
     def __init__(self, log_file: Path, *extra_handlers: logging.Handler) -> None:
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler = LogFileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
         self.handlers = [file_handler, *extra_handlers]  # e.g. TensorBoard, which reads the same events
         self.redirect = logging_redirect_tqdm([logger])
