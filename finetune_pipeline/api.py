@@ -17,6 +17,7 @@ from __future__ import annotations  # Data and RunLike name pandas and datasets 
 
 import base64
 import functools
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
@@ -33,11 +34,11 @@ from finetune_pipeline.experiments.compare import PLOT_FILE, compare_runs, no_wa
 from finetune_pipeline.experiments.sweep import plan_sweep, run_sweep
 from finetune_pipeline.in_memory import store_table, stored_origin, table_kind
 from finetune_pipeline.runs import report
-from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, METRICS_FILE
+from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE
 from finetune_pipeline.runs.preparation import SPLIT_NAMES
 from finetune_pipeline.runs.run import run_training
 from finetune_pipeline.runs.run_metrics import RunMetrics
-from finetune_pipeline.runtime.files import read_json_object
+from finetune_pipeline.runs.run_record import read_run_files
 from finetune_pipeline.runtime.run_log import configure_console_logging
 from finetune_pipeline.serving.export import export_run
 from finetune_pipeline.serving.inference import evaluate_file, predict_texts
@@ -98,12 +99,14 @@ class Run:
         ])
 
     def evaluate(self, data: Data, text_column: str | None = None, label_column: str | None = None,
-                 name: str | None = None) -> dict[str, Any]:
+                 name: str | None = None, delimiter: str | None = None, encoding: str | None = None) -> dict[str, Any]:
         """The best checkpoint's metrics on labelled data, as `finetune evaluate` computes them; also written to
-        RUN_DIR/evaluations/<name>.json. Columns default to the run's data.text_column and data.label_column."""
+        RUN_DIR/evaluations/<name>.json. Columns, delimiter and encoding default to those the run read its data
+        with (data.text_column, data.label_column, data.delimiter, data.encoding)."""
         kind = table_kind(data)
         if kind is None:
-            metrics, _ = evaluate_file(self.dir, Path(data_path(data, "data=")), text_column, label_column, name)
+            metrics, _ = evaluate_file(self.dir, Path(data_path(data, "data=")), text_column, label_column, name,
+                                       delimiter=delimiter, encoding=encoding)
             return metrics
         pair = self.config.data.text_pair_column
         columns = {"text": text_column or self.config.data.text_column,
@@ -142,18 +145,8 @@ class Run:
 def load_run(folder: str | PathLike[str]) -> Run:
     """A finished (or failed, or interrupted) run's folder, as a Run."""
     folder = Path(folder)
-    if not (folder / METRICS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
-        raise UserInputError(f"{folder}: not a run folder (it needs {METRICS_FILE} and {CONFIG_FILE}); give one of "
-                             "the folders under output.artifacts_root, "
-                             "e.g. finetune_pipeline/artifacts/20261124-120000")
-    path = folder / METRICS_FILE
-    try:
-        metrics = RunMetrics.read(path)
-        path = folder / CONFIG_FILE
-        plain_config = read_json_object(path)
-    except (OSError, ValueError) as err:
-        raise UserInputError(f"{path}: cannot be read ({err})") from None
-    return Run(folder, metrics.as_json(), config_from_dict(plain_config, source=str(path)))
+    metrics, plain_config = read_run_files(folder, "ft.load_run")
+    return Run(folder, metrics.as_json(), config_from_dict(plain_config, source=str(folder / CONFIG_FILE)))
 
 
 # ---- train ---------------------------------------------------------------------------------------------------
@@ -178,7 +171,8 @@ def train(
         when the train data is not the default dataset's, a val or test split that is not given is carved out of it.
     text_column, label_column: the data's columns (data.text_column, data.label_column).
     """
-    configure_console_logging()  # one console handler, replaced on each call: calling again does not pile them up
+    # warnings only (the progress bars show the rest); one console handler, replaced on each call
+    configure_console_logging(logging.WARNING)
     overrides = checked_overrides(overrides) | {
         f"data.{role}_column": name for role, name in (("text", text_column), ("label", label_column)) if name}
     data = {split: given for split, given in zip(SPLIT_NAMES, (train, val, test), strict=True) if given is not None}
@@ -199,6 +193,9 @@ def train(
 
 
 def checked_strings(texts: str | Iterable[str], name: str) -> list[str]:
+    if not isinstance(texts, str) and (not isinstance(texts, Iterable) or isinstance(texts, (bytes, dict))):
+        raise UserInputError(f"{name}: expected a string or a list of strings; got a {type(texts).__name__} "
+                             f"({texts!r:.60})")
     texts = [texts] if isinstance(texts, str) else list(texts)
     for position, text in enumerate(texts, start=1):
         if not isinstance(text, str):
@@ -349,17 +346,20 @@ def compare(runs: RunLike | Iterable[RunLike], ref: RunLike | None = None,
 
 
 def sweep(preset_or_file: str | PathLike[str] | None = None, from_runs: RunLike | Iterable[RunLike] | None = None,
-              seeds: list[int] | None = None, overrides: dict[str, Any] | None = None) -> SweepResult:
-    """`finetune sweep`: a preset (A, B, C, D) or a sweep file, or from_runs (their own configs again, with each
-    of seeds); then the comparison of its runs, written into the sweep folder as the command does."""
-    configure_console_logging()
+          seeds: list[int] | None = None, overrides: dict[str, Any] | None = None,
+          members: list[str] | None = None) -> SweepResult:
+    """`finetune sweep`: a preset (A to F) or a sweep file, or from_runs (their own configs again, with each of
+    seeds); members: only these of the preset's members, by name (as sweep.json names them); then the comparison
+    of its runs, written into the sweep folder as the command does."""
+    configure_console_logging(logging.WARNING)
     from_runs = [] if from_runs is None else as_list(from_runs)
     if seeds is not None and (not isinstance(seeds, list) or not seeds
                               or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)):
         raise UserInputError(f"seeds: expected a list of integers, e.g. [42, 43, 44]; got {seeds!r}")
     plan = plan_sweep(None if preset_or_file is None else str(preset_or_file),
                       [Path(folder_of(run)) for run in from_runs], seeds, checked_overrides(overrides),
-                      ("ft.sweep('A')", "ft.sweep(from_runs=[run], seeds=[43, 44])"))
+                      ("ft.sweep('A')", "ft.sweep(from_runs=[run], seeds=[43, 44])"),
+                      None if members is None else checked_strings(members, "members"))
     sweep_dir = run_sweep(plan)
     runs = [load_run(member.run_dir) for member in plan.members if member.run_dir]
     failures = [f"member {member.name} (seed {member.seed}) failed: {member.error}"

@@ -10,6 +10,7 @@ from typing import Any, Callable, NoReturn
 
 from finetune_pipeline.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, UserInputError, system_fault
 
+PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "finetune_pipeline/configs/train_config.json"
 CONFIGS_DIR = Path("finetune_pipeline/configs")
 DEFAULT_ARTIFACTS_ROOT = "finetune_pipeline/artifacts"
@@ -81,11 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "  finetune sweep A --seeds 42,43,44     # the baseline, three seeds: how big is seed noise?\n"
                     "  finetune sweep C                      # head width x dropout, 9 runs\n"
                     "  finetune sweep D --set training.epochs=1\n"
+                    "  finetune sweep C --member hidden_dim=128,dropout=0.1   # one member of C\n"
                     "  finetune sweep my_sweep.json\n"
                     "  finetune sweep --from-run finetune_pipeline/artifacts/20261126-101500 --seeds 43,44"
                     "   # that run again, other seeds")
+    presets = ", ".join(sorted(path.stem for path in (PACKAGE_DIR / "configs" / "experiments").glob("*.json")))
     sweep.add_argument("sweep", nargs="?", default=None,
-                       help="a preset (A, B, C, D: finetune_pipeline/configs/experiments/) or a sweep file")
+                       help=f"a preset ({presets}: finetune_pipeline/configs/experiments/) or a sweep file")
+    sweep.add_argument("--member", dest="members", action="append", default=None, metavar="NAME",
+                       help="run only this member of the preset or sweep file (repeatable); its name as the "
+                            "sweep's compare table and sweep.json show it, e.g. --member hidden_dim=128,dropout=0.1")
     sweep.add_argument("--from-run", dest="from_runs", action="append", default=[], metavar="RUN_DIR",
                        help="instead of a preset: rerun this run's own config (its config.json); repeatable")
     sweep.add_argument("--seeds", type=parse_seeds, default=None,
@@ -110,12 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = command("evaluate", "score a trained run on any labelled file",
                        "  finetune evaluate finetune_pipeline/artifacts/20261126-101500 --data my_reviews.csv\n"
-                       "  finetune evaluate RUN_DIR --data ../shared/data/sst2/dev.tsv --text-column content")
+                       "  finetune evaluate RUN_DIR --data other_reviews.tsv --text-column content")
     evaluate.add_argument("run_dir", help="a run folder, or its transformers export (RUN_DIR/export/hf)")
     evaluate.add_argument("--data", required=True,
                           help="a labelled .csv, .tsv, .jsonl, .parquet or .xlsx file, or a datasets folder")
     evaluate.add_argument("--text-column", default=None, help="default: the run's data.text_column")
     evaluate.add_argument("--label-column", default=None, help="default: the run's data.label_column")
+    add_format_arguments(evaluate)
     evaluate.add_argument("--name", default=None,
                           help="the result goes to RUN_DIR/evaluations/NAME.json (default: the file's name)")
 
@@ -135,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "or .txt with one text per line")
     predict.add_argument("--output", help="with --input: the .csv or .jsonl file to write")
     predict.add_argument("--text-column", default=None, help="default: the run's data.text_column")
+    add_format_arguments(predict)
     predict.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     predict.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                          help="torch (default): a run folder or its transformers export; onnx: onnxruntime on "
@@ -167,6 +175,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --resume: resume even though the code changed since the run started")
 
 
+def add_format_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--delimiter", default=None,
+                        help="of a .csv file: one character or 'tab' (default: the run's data.delimiter, or its "
+                             "split's own for one of the run's files; unset, detected)")
+    parser.add_argument("--encoding", default=None,
+                        help="of a text file, e.g. cp1251 (default: as the run read its data, data.encoding)")
+
+
 def add_debug_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help=f"an error prints its Python traceback too (as {DEBUG_VARIABLE}=1 does)")
@@ -194,11 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda: train_command(config_argument(args), args.overrides, args.dry_run, args.resume, args.force),
         "prepare-data": lambda: prepare_data_command(args.output_dir, args.force),
         "new-experiment": lambda: new_experiment_command(args.name, args.source, args.overrides),
-        "sweep": lambda: sweep_command(args.sweep, args.from_runs, args.seeds, args.overrides),
+        "sweep": lambda: sweep_command(args.sweep, args.from_runs, args.seeds, args.overrides, args.members),
         "compare": lambda: compare_command(args.runs, args.last, args.artifacts_root, args.output_dir, args.ref),
-        "evaluate": lambda: evaluate_command(args.run_dir, args.data, args.text_column, args.label_column, args.name),
+        "evaluate": lambda: evaluate_command(args.run_dir, args.data, args.text_column, args.label_column, args.name,
+                                             args.delimiter, args.encoding),
         "predict": lambda: predict_command(args.run_dir, args.text, args.input, args.output, args.text_column,
-                                           args.batch_size, args.runtime, args.text_pair),
+                                           args.batch_size, args.runtime, args.text_pair, args.delimiter,
+                                           args.encoding),
         "export": lambda: export_command(args.run_dir, args.export_format, args.checkpoint, args.output),
     }
     return run_command(commands[args.command], args.debug)
@@ -269,7 +287,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     preflight = plan["preflight"]
     lines = [
         "effective config:",
-        json.dumps(plan["config"], indent=2),
+        json.dumps(plan["config"], indent=2, ensure_ascii=False),
         f"device: {plan['device']}; mixed precision: {precision['requested']} -> {precision['used']}"
         + (f" ({precision['reason']})" if precision["reason"] else ""),
         "data: " + "; ".join(f"{split} {source}" for split, source in plan["data_sources"].items()),
@@ -319,12 +337,13 @@ def new_experiment_command(name: str, source: str, assignments: list[str]) -> No
     if not changes:
         print(f"warning: it has the same values as {source}; add --set KEY=VALUE to change one")
     for key, (old, new) in changes.items():
-        print(f"  {key}: {json.dumps(old)} -> {json.dumps(new)}")
-    print(f"train it: python finetune_pipeline/scripts/train.py --config {path}")
+        print(f"  {key}: {json.dumps(old, ensure_ascii=False)} -> {json.dumps(new, ensure_ascii=False)}")
+    print(f"train it: finetune train --config {path}   (or: python finetune_pipeline/scripts/train.py --config "
+          f"{path})")
 
 
 def sweep_command(name_or_path: str | None, from_runs: list[str], seeds: list[int] | None,
-                  assignments: list[str]) -> int:
+                  assignments: list[str], members: list[str] | None = None) -> int:
     from finetune_pipeline.core.config import parse_overrides
     from finetune_pipeline.experiments.compare import compare_runs, print_comparison
     from finetune_pipeline.experiments.sweep import plan_sweep, run_sweep
@@ -335,7 +354,7 @@ def sweep_command(name_or_path: str | None, from_runs: list[str], seeds: list[in
         raise UserInputError("finetune sweep under torchrun is not supported yet: run the sweep in one process, "
                              "or start each member with torchrun as its own `finetune train --set ...`")
     sweep = plan_sweep(name_or_path, [Path(run_dir) for run_dir in from_runs], seeds, parse_overrides(assignments),
-                       ("finetune sweep A", "finetune sweep --from-run RUN_DIR --seeds 43,44"))
+                       ("finetune sweep A", "finetune sweep --from-run RUN_DIR --seeds 43,44"), members)
     sweep_dir = run_sweep(sweep)
     run_dirs = [Path(member.run_dir) for member in sweep.members if member.run_dir]
     if run_dirs:
@@ -361,18 +380,25 @@ def compare_command(targets: list[str], last: int | None, artifacts_root: str, o
 
 
 def evaluate_command(run_dir: str, data: str, text_column: str | None, label_column: str | None,
-                     name: str | None) -> None:
+                     name: str | None, delimiter: str | None = None, encoding: str | None = None) -> None:
     from finetune_pipeline.core.config import TASK_METRICS
     from finetune_pipeline.serving.inference import evaluate_file
 
-    metrics, path = evaluate_file(Path(run_dir), Path(data), text_column, label_column, name)
+    metrics, path = evaluate_file(Path(run_dir), Path(data), text_column, label_column, name, delimiter=delimiter,
+                                  encoding=encoding)
     scores = ", ".join(f"{metric} {metrics[metric]:.4f}" for metric in TASK_METRICS[metrics["task"]])
     print(f"{data}: {metrics['examples']} examples; {scores}")
+    absent = [label for label, row in metrics.get("per_class", {}).items() if row["support"] == 0]
+    if absent and "macro_f1" in metrics:
+        print(f"note: {len(absent)} of the run's {len(metrics['per_class'])} labels never occur in this file "
+              f"({', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}); macro-F1 averages over every label "
+              "the run knows, and each of these counts as F1 0 in it (accuracy and the other labels' rows are unaffected)")
     print(f"written to {path}")
 
 
 def predict_command(run_dir: str, texts: list[str] | None, input_file: str | None, output_file: str | None,
-                    text_column: str | None, batch_size: int, runtime: str, pairs: list[str] | None = None) -> None:
+                    text_column: str | None, batch_size: int, runtime: str, pairs: list[str] | None = None,
+                    delimiter: str | None = None, encoding: str | None = None) -> None:
     from finetune_pipeline.serving.inference import predict_file, predict_texts
 
     if texts:
@@ -387,9 +413,13 @@ def predict_command(run_dir: str, texts: list[str] | None, input_file: str | Non
                              "data.text_pair_column in the file")
     if not output_file:
         raise UserInputError("predict --input needs --output, the .csv or .jsonl file to write the predictions to")
-    count = predict_file(Path(run_dir), Path(input_file), Path(output_file), text_column, batch_size,
-                         runtime=runtime)
-    print(f"labelled {count} texts: {output_file}")
+    written = predict_file(Path(run_dir), Path(input_file), Path(output_file), text_column, batch_size,
+                           runtime=runtime, delimiter=delimiter, encoding=encoding)
+    print(f"labelled {written.labelled} texts: {output_file}")
+    if written.unlabelled:
+        lines = ", ".join(map(str, written.unlabelled[:10])) + (" ..." if len(written.unlabelled) > 10 else "")
+        print(f"warning: {len(written.unlabelled)} row(s) with an empty text left unlabelled (their prediction "
+              f"columns are empty): line(s) {lines} of {input_file}", file=sys.stderr)
 
 
 def readable_prediction(label: Any) -> str:

@@ -49,6 +49,8 @@ def store_table(table: Any, columns: dict[str, str], settings: FileSettings, sou
     """Write the table's columns (role -> column name, e.g. {'text': 'review', 'label': 'sentiment'}) as JSON
     Lines under cache_dir and return the file. source names the table in messages ("the DataFrame given as
     train="); settings name the arguments that choose its columns."""
+    if len(table) == 0:  # before the columns: an empty DataFrame() has none, and "no column" would mislead
+        raise UserInputError(f"{source}: is empty (no rows); {settings.file} needs labelled examples")
     names, values = column_values(table, list(dict.fromkeys(columns.values())), source)
     records = table_records(source, names, values, columns, settings)  # a missing column or no rows: an error
     content = "".join(json_line({column: record.values[role] for role, column in columns.items()}, source, row)

@@ -258,3 +258,28 @@ def test_importing_the_package_api_does_not_load_transformers_model_code():
               "print('model code imported:', 'transformers.modeling_utils' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert "model code imported: False" in result.stdout
+
+
+@pytest.mark.parametrize("texts", [123, b"bytes", {"text": "a dict"}, None], ids=["int", "bytes", "dict", "None"])
+def test_predict_given_something_that_is_not_text_raises_the_one_error_type(texts, tmp_path):
+    from finetune_pipeline.api import checked_strings
+
+    with pytest.raises(ft.UserInputError, match="texts: expected a string or a list of strings; got a"):
+        checked_strings(texts, "texts")
+
+
+def test_a_notebook_cell_shows_warnings_not_every_log_event(tiny_backbone_dir, tmp_path, capsys):
+    run = ft.train({"seed": 7, "data": {"max_length": 32},
+                    "model": {"backbone": str(tiny_backbone_dir), "hidden_dim": 16},
+                    "training": {"epochs": 1, "mixed_precision": "no", "device": "cpu"},
+                    "output": {"artifacts_root": str(tmp_path / "artifacts"), "cache_dir": str(tmp_path / "cache")}},
+                   train=TRAIN, val=VAL, test=TEST)
+    shown = capsys.readouterr().err
+    assert "event=epoch" not in shown and "event=step" not in shown  # the events are in train.log instead
+    assert "event=epoch" in (run.dir / "train.log").read_text(encoding="utf-8")
+
+
+def test_an_empty_dataframe_is_called_empty(tmp_path):
+    with pytest.raises(ft.UserInputError, match=r"the DataFrame given as train=: is empty \(no rows\); train= needs"):
+        ft.train({"output": {"artifacts_root": str(tmp_path / "a"), "cache_dir": str(tmp_path / "c")}},
+                 train=pd.DataFrame(), val=VAL, test=TEST)

@@ -419,4 +419,58 @@ def test_a_backbone_that_cannot_serve_is_refused_before_the_run_folder(write_con
         expected = ["could not load its weights", "download it again"]
     config_path, artifacts_root = write_config({"model": {"backbone": str(folder)},
                                                 "training": {"freeze_backbone": False}})
-    expect_bad_input(["train", "--config", str(config_path)], artifacts_root, [f"model.backbone", *expected], capsys)
+    expect_bad_input(["train", "--config", str(config_path)], artifacts_root, ["model.backbone", *expected], capsys)
+
+
+# ---- a damaged run folder: every command that reads one words it as compare does (issue 25) ----
+
+
+@pytest.mark.parametrize("damaged", ["metrics.json", "config.json"])
+def test_a_damaged_run_file_is_named_by_predict_evaluate_export_resume_and_load_run(make_config, toy_data, damaged,
+                                                                                  capsys):
+    import finetune_pipeline as ft
+    from finetune_pipeline.errors import UserInputError
+    from finetune_pipeline.runs.run import run_training
+
+    run_dir = run_training(make_config(training={"epochs": 1}))
+    (run_dir / damaged).write_text('{"status": "compl')  # cut short, as by a copy that stopped
+    expected = [str(run_dir), f"{damaged} cannot be read", "restore it from a copy"]
+    for arguments in (["predict", str(run_dir), "--text", "good"],
+                      ["evaluate", str(run_dir), "--data", toy_data["test_file"]],
+                      ["export", str(run_dir)], ["train", "--resume", str(run_dir)]):
+        expect_bad_input(arguments, run_dir.parent / "none", expected, capsys)
+    with pytest.raises(UserInputError, match=f"{damaged} cannot be read"):
+        ft.load_run(run_dir)
+    assert not (run_dir / "export").exists()
+
+
+def test_a_checkpoint_cut_short_or_carrying_code_is_refused_in_the_users_words(tmp_path):
+    import torch
+
+    from finetune_pipeline.errors import UserInputError
+    from finetune_pipeline.runtime.files import load_checkpoint
+
+    whole = tmp_path / "best_model.pt"
+    torch.save({"weights": torch.zeros(4096)}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"where": Path("/tmp")}, foreign)  # a pickled object: unpickling it could run code
+    with pytest.raises(UserInputError, match="not a readable checkpoint .*cut short.*best_model.pt or final_model.pt"):
+        load_checkpoint(cut)
+    with pytest.raises(UserInputError) as refused:
+        load_checkpoint(foreign)
+    assert "objects other than tensors and plain types (pathlib.PosixPath)" in str(refused.value)
+    assert "weights_only=False" not in str(refused.value)  # torch's own advice is exactly what must not be done
+
+
+def test_new_experiment_writes_and_prints_non_ascii_text_as_text(tmp_path, monkeypatch, capsys):
+    (tmp_path / "finetune_pipeline" / "configs").mkdir(parents=True)
+    source = tmp_path / "base.json"
+    source.write_text("{}", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["new-experiment", "russian", "--from", str(source), "--set", "data.text_column=отзыв"]) == 0
+    printed = capsys.readouterr().out
+    assert 'data.text_column: "text" -> "отзыв"' in printed and "\\u" not in printed
+    written = (tmp_path / "finetune_pipeline" / "configs" / "russian.json").read_text(encoding="utf-8")
+    assert '"text_column": "отзыв"' in written

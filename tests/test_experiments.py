@@ -291,3 +291,19 @@ def test_a_from_run_sweep_with_set_names_its_members_by_the_change(make_config, 
         (f"{base.name} with learning_rate=0.003", 7, {}), (f"{base.name} with learning_rate=0.003", 8, {})]
     assert sweep.base_config["training"]["learning_rate"] == 0.003
     assert [member.seed for member in sweep_from_runs([base], None, {}).members] == [7]  # no seeds: the run's own
+
+
+def test_one_member_of_a_preset_runs_alone_and_an_unknown_name_lists_the_members(capsys):
+    from finetune_pipeline import cli
+    from finetune_pipeline.errors import UserInputError
+    from finetune_pipeline.experiments.sweep import plan_sweep
+
+    how = ("finetune sweep A", "finetune sweep --from-run RUN_DIR")
+    sweep = plan_sweep("C", [], [42, 43], {}, how, ["hidden_dim=128,dropout=0.1"])
+    assert [(member.name, member.overrides, member.seed) for member in sweep.members] == [
+        ("hidden_dim=128,dropout=0.1", {"model.hidden_dim": 128, "model.dropout": 0.1}, seed) for seed in (42, 43)]
+    with pytest.raises(UserInputError, match=r"no member 'dropout=0.1'; its members: hidden_dim=256,dropout=0.1, "):
+        plan_sweep("C", [], None, {}, how, ["dropout=0.1"])
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    assert "a preset (A, B, C, D, E, F:" in " ".join(capsys.readouterr().out.split())

@@ -203,7 +203,7 @@ def test_predict_and_evaluate_take_an_export_folder(run_dir, exported, tmp_path,
     assert metrics["checkpoint"] == "best_model.pt" and written == hf_copy / "evaluations" / "test.json"
 
     output = tmp_path / "predictions.jsonl"
-    assert predict_file(run_dir, own_test_file(run_dir), output, runtime="onnx") == 16  # run folder: export/onnx
+    assert predict_file(run_dir, own_test_file(run_dir), output, runtime="onnx").labelled == 16  # run folder: export/onnx
     assert len(output.read_text().splitlines()) == 16
     assert cli.main(["predict", str(exported["hf"]), "--text", "good movie"]) == 0
     assert cli.main(["predict", str(run_dir), "--runtime", "onnx", "--text", "bad film"]) == 0
@@ -300,7 +300,7 @@ def test_the_command_line_offers_what_the_library_accepts(run_dir):
         assert parser.parse_args(["export", "RUN_DIR", "--format", export_format]).export_format == export_format
     for checkpoint in CHECKPOINTS:
         assert parser.parse_args(["export", "RUN_DIR", "--checkpoint", checkpoint]).checkpoint == checkpoint
-    with pytest.raises(UserInputError, match="--format 'tar'"):
+    with pytest.raises(UserInputError, match="export format 'tar'"):
         export_run(run_dir, "tar")
 
 
@@ -309,3 +309,29 @@ def test_predict_names_the_runtime_an_export_folder_needs(run_dir, exported, tmp
     assert "--runtime onnx" in capsys.readouterr().err
     assert cli.main(["predict", str(tmp_path), "--runtime", "onnx", "--text", "good"]) == EXIT_BAD_INPUT
     assert "finetune export RUN_DIR --format onnx" in capsys.readouterr().err
+
+
+def test_a_killed_exports_leftovers_are_removed_by_the_next_and_no_machine_path_is_exported(run_dir, tmp_path,
+                                                                                             tiny_backbone_dir):
+    root = tmp_path / "out"
+    root.mkdir()
+    leftover = root / ".hf.1a2b3c4d.tmp"  # what a kill -9 during an export leaves
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
+    folders = export_run(run_dir, "hf", output=root)
+    assert sorted(path.name for path in root.iterdir()) == ["hf"]
+    encoder_config = json.loads((folders["hf"] / "config.json").read_text())["encoder_config"]
+    assert encoder_config.get("_name_or_path", "") == ""  # where the backbone was read from on this machine
+    assert str(tiny_backbone_dir) not in json.dumps(encoder_config)
+
+
+def test_each_export_states_its_own_score_measured_through_it(run_dir, exported):
+    recorded = read_metrics(run_dir)
+    card = (exported["hf"] / "README.md").read_text(encoding="utf-8")
+    measured_section = card[card.index("## Measured through this export"):]
+    assert "scored through this folder's own files (transformers, float32 on the CPU): accuracy " in measured_section
+    assert f"accuracy {recorded['test_score']:.4f}. The run recorded accuracy {recorded['test_score']:.4f}" \
+        in measured_section  # fp32 on a tiny model: the same examples right
+    info = json.loads((exported["onnx"] / "classifier.json").read_text())
+    assert info["measured_through_export"] == {"test_examples": recorded["split_sizes"]["test"],
+                                               "accuracy": pytest.approx(recorded["test_score"])}

@@ -213,7 +213,7 @@ def test_predict_reads_the_same_formats(make_config, tmp_path):
     run_dir = run_training(make_config(training={"epochs": 1}))
     texts = ["good movie", "awful plot", "the film was fun"]
     parquet.write_table(pyarrow.table({"text": texts}), tmp_path / "new.parquet")
-    assert predict_file(run_dir, tmp_path / "new.parquet", tmp_path / "out.jsonl") == 3
+    assert predict_file(run_dir, tmp_path / "new.parquet", tmp_path / "out.jsonl").labelled == 3
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [row["text"] for row in written] == texts
 
@@ -276,3 +276,21 @@ def test_an_excel_header_elsewhere_is_pointed_at(tmp_path, where, sheets, expect
     path = excel_file(tmp_path / "book.xlsx", sheets)
     with pytest.raises(UserInputError, match=expected):
         read(path)
+
+
+def test_a_datasetdict_folder_as_train_file_brings_its_own_val_and_test(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from finetune_pipeline.core.config import DEFAULT_DATA_FILES
+
+    rows = {"text": [text for text, _ in ROWS], "label": [label for _, label in ROWS]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows), "validation": datasets.Dataset.from_dict(rows),
+                          "test": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "dict")
+    # as copied from train_config.json: another train file, the default dataset's val and test files left in place
+    config = config_from_dict({"data": {"train_file": str(tmp_path / "dict"), "val_file": DEFAULT_DATA_FILES["val"],
+                                        "test_file": DEFAULT_DATA_FILES["test"]}})
+    assert (config.data.val_file, config.data.test_file) == (f"{tmp_path / 'dict'}@validation",
+                                                              f"{tmp_path / 'dict'}@test")
+    assert config.data.file_origin("val") == "the validation split of data.train_file's DatasetDict"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "train-only")
+    config = config_from_dict({"data": {"train_file": str(tmp_path / "train-only")}})
+    assert config.data.val_file is None and config.data.test_file is None  # carved out of train, as before

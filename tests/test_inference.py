@@ -121,7 +121,9 @@ def test_evaluation_names_with_path_separators_are_refused(run_dir, name):
 def test_a_run_without_its_checkpoint_says_why(run_dir, tmp_path):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
+    # a run stopped in its first epoch: config.json and metrics.json are written at its start
     shutil.copy(run_dir / artifacts.CONFIG_FILE, unfinished / artifacts.CONFIG_FILE)
+    shutil.copy(run_dir / artifacts.METRICS_FILE, unfinished / artifacts.METRICS_FILE)
     message = error_of(evaluate_file, unfinished, own_test_file(run_dir))
     assert f"no best_model.pt in {unfinished}" in message
     assert "first epoch" in message
@@ -176,10 +178,11 @@ def test_predict_file_csv_to_csv(run_dir, tmp_path):
     with source.open("w", newline="", encoding="utf-8") as file:
         csv.writer(file).writerows([("id", "text"), *((index, text) for index, text in enumerate(texts))])
     output = tmp_path / "out" / "predictions.csv"
-    assert predict_file(run_dir, source, output) == 3
+    assert predict_file(run_dir, source, output).labelled == 3
     with output.open(newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["text", "label", "prob_neg", "prob_pos"]
+    assert list(rows[0]) == ["id", "text", "label", "prob_neg", "prob_pos"]  # the input's columns kept
+    assert [row["id"] for row in rows] == ["0", "1", "2"]
     expected = predict_texts(run_dir, texts)
     assert [row["text"] for row in rows] == texts
     assert [row["label"] for row in rows] == [p.label for p in expected]
@@ -192,7 +195,7 @@ def test_predict_file_txt_to_jsonl_skips_blank_lines(run_dir, tmp_path):
     source = tmp_path / "in.txt"
     source.write_bytes("great story\r\n\r\n   \r\nworst actor ünïcödé\r\n".encode("utf-8-sig"))
     output = tmp_path / "out.jsonl"
-    assert predict_file(run_dir, source, output) == 2
+    assert predict_file(run_dir, source, output).labelled == 2
     records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     expected = predict_texts(run_dir, ["great story", "worst actor ünïcödé"])
     assert [record["text"] for record in records] == ["great story", "worst actor ünïcödé"]
@@ -204,7 +207,7 @@ def test_predict_file_reads_another_text_column_and_needs_no_labels(run_dir, tmp
     source = tmp_path / "in.jsonl"
     source.write_text('{"review": "good film"}\n{"review": "sad story"}\n', encoding="utf-8")
     output = tmp_path / "out.jsonl"
-    assert predict_file(run_dir, source, output, text_column="review") == 2
+    assert predict_file(run_dir, source, output, text_column="review").labelled == 2
     message = error_of(predict_file, run_dir, source, tmp_path / "again.jsonl")
     assert "no key 'text'" in message and "review" in message and "--text-column" in message
 
@@ -222,3 +225,77 @@ def test_the_output_may_not_overwrite_the_input(run_dir, tmp_path):
     before = source.read_bytes()
     assert "is the input file" in error_of(predict_file, run_dir, source, source)
     assert source.read_bytes() == before
+
+
+def test_evaluate_and_predict_read_a_file_as_the_run_read_its_data(make_config, tmp_path, capsys):
+    """A Windows-1251 test file that trained fine evaluates without options; another file takes --encoding."""
+    from finetune_pipeline import cli
+    from finetune_pipeline.runs.run import run_training
+    from tests.conftest import toy_rows
+
+    def cp1251_csv(name: str, rows: list[tuple[str, str]]) -> Path:
+        path = tmp_path / name
+        path.write_bytes(("text;label\n" + "".join(f"{text} отлично;{label}\n" for text, label in rows)).encode("cp1251"))
+        return path
+
+    test_file = cp1251_csv("test_1251.csv", toy_rows(16, seed=3))
+    run_dir = run_training(make_config(data={"test_file": str(test_file), "encoding": "cp1251"},
+                                       training={"epochs": 1}))
+    recorded = json.loads((run_dir / "metrics.json").read_text())["test_metrics"]
+    assert cli.main(["evaluate", str(run_dir), "--data", str(test_file)]) == 0, capsys.readouterr().err
+    evaluated = json.loads((run_dir / "evaluations" / "test_1251.json").read_text())
+    assert evaluated["examples"] == 16 and evaluated["accuracy"] == pytest.approx(recorded["accuracy"])
+    other = cp1251_csv("other_1251.csv", toy_rows(8, seed=4))
+    output = tmp_path / "predictions.csv"
+    assert cli.main(["predict", str(run_dir), "--input", str(other), "--output", str(output)]) == 0
+    assert "отлично" in output.read_text(encoding="utf-8")  # read as cp1251, written as UTF-8
+    assert cli.main(["evaluate", str(run_dir), "--data", str(other), "--encoding", "utf-8"]) == 2
+    assert "--encoding" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(run_dir), "--data", str(other), "--encoding", "no-such-codec"]) == 2
+    assert "--encoding 'no-such-codec': not an encoding Python knows" in capsys.readouterr().err
+
+
+def test_predict_file_keeps_every_row_in_order_and_leaves_an_empty_text_unlabelled(run_dir, tmp_path, capsys):
+    from finetune_pipeline import cli
+
+    source = tmp_path / "labelled.csv"
+    source.write_text('id,text,label\n7,good film,pos\n8,"",neg\n9,bad plot,neg\n', encoding="utf-8")
+    output = tmp_path / "out.csv"
+    assert cli.main(["predict", str(run_dir), "--input", str(source), "--output", str(output)]) == 0
+    assert "1 row(s) with an empty text left unlabelled" in capsys.readouterr().err
+    with output.open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    # the file's own "label" stays; the prediction's columns are named apart
+    assert list(rows[0]) == ["id", "text", "label", "predicted_label", "predicted_prob_neg", "predicted_prob_pos"]
+    assert [(row["id"], row["label"]) for row in rows] == [("7", "pos"), ("8", "neg"), ("9", "neg")]
+    assert rows[1]["predicted_label"] == "" and rows[0]["predicted_label"] in ("neg", "pos")
+
+    one_column = tmp_path / "one.csv"
+    one_column.write_text("text\ngood film\n\nbad plot\n\n", encoding="utf-8")  # a blank row inside, one at the end
+    assert predict_file(run_dir, one_column, tmp_path / "one.jsonl") == (2, [3])
+    records = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(record["text"], record["label"] is None) for record in records] == [
+        ("good film", False), ("", True), ("bad plot", False)]
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_evaluate_on_a_frozen_runs_own_files_gives_exactly_its_metrics(make_config, precision):
+    """Whatever the CPU does with bf16: the run's own test and val files are scored on the features the run
+    scored (its feature cache), in its batches, so every metric is the run's, digit for digit."""
+    run_dir = run_training(make_config(training={"mixed_precision": precision, "epochs": 2}))
+    recorded = json.loads((run_dir / "metrics.json").read_text())
+    data = json.loads((run_dir / artifacts.CONFIG_FILE).read_text())["data"]
+    test, _ = evaluate_file(run_dir, Path(data["test_file"]))
+    assert test["inputs"] == "the run's cached backbone features of the file"
+    assert {key: test[key] for key in recorded["test_metrics"]} == recorded["test_metrics"]
+    val, _ = evaluate_file(run_dir, Path(data["val_file"]))
+    assert val["accuracy"] == recorded["best_val_score"]
+
+
+def test_evaluate_says_when_macro_f1_counts_labels_the_file_lacks(run_dir, tmp_path, capsys):
+    from finetune_pipeline import cli
+
+    only_positive = write_csv(tmp_path / "positive.csv", [(text, label) for text, label in TEST_ROWS if label == "pos"])
+    assert cli.main(["evaluate", str(run_dir), "--data", str(only_positive)]) == 0
+    assert "note: 1 of the run's 2 labels never occur in this file (neg); macro-F1 averages over every label" \
+        in capsys.readouterr().out

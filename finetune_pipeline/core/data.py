@@ -55,17 +55,45 @@ def load_splits(data: DataConfig, seed: int, task: type[Task] = SingleLabelClass
     return Splits(train=train, val=val, test=test, label_names=label_names)
 
 
-def read_split(data: DataConfig, split: str, path: str, task: type[Task]) -> list[Example]:
+@dataclass(frozen=True)
+class FileReading:
+    """How a split's file is read: its columns and format, the split's own settings falling back to data.*."""
+
+    text_column: str
+    label_column: str
+    text_pair_column: str | None
+    delimiter: str | None  # None: detected
+    encoding: str
+
+
+def file_reading(data: DataConfig, split: str) -> FileReading:
     columns, file_format = getattr(data.columns, split), getattr(data.formats, split)
+    return FileReading(columns.text_column or data.text_column, columns.label_column or data.label_column,
+                       columns.text_pair_column or data.text_pair_column,
+                       file_format.delimiter or data.delimiter, file_format.encoding or data.encoding)
+
+
+def reading_of_file(data: DataConfig, path: str | Path) -> FileReading:
+    """How a run read path: as the split it was (evaluate on the run's own test file reads it as the run did), else
+    with the run's general settings (data.text_column, data.encoding, ...)."""
+    for split in ("train", "val", "test"):
+        own = getattr(data, f"{split}_file")
+        if own is not None and Path(own).expanduser().resolve() == Path(path).expanduser().resolve():
+            return file_reading(data, split)
+    return FileReading(data.text_column, data.label_column, data.text_pair_column, data.delimiter, data.encoding)
+
+
+def read_split(data: DataConfig, split: str, path: str, task: type[Task]) -> list[Example]:
+    reading = file_reading(data, split)
     try:
         return read_labelled_file(
             path,
-            text_column=columns.text_column or data.text_column,
-            label_column=columns.label_column or data.label_column,
+            text_column=reading.text_column,
+            label_column=reading.label_column,
             settings=split_settings(split),
-            delimiter=file_format.delimiter or data.delimiter,
-            encoding=file_format.encoding or data.encoding,
-            text_pair_column=columns.text_pair_column or data.text_pair_column,
+            delimiter=reading.delimiter,
+            encoding=reading.encoding,
+            text_pair_column=reading.text_pair_column,
             task=task,
             label_separator=data.label_separator,
         )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_pipeline.core.config import DATASET_SPLIT_NAMES, dataset_location
 from finetune_pipeline.errors import UserInputError
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -35,7 +36,7 @@ DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
 HUB_PREFIX = "hf:"
 DATASET_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")  # what save_to_disk writes
 # The split a datasets folder or hub dataset gives each role when no @SPLIT is named.
-DEFAULT_DATASET_SPLITS = {"train": ("train",), "val": ("validation", "val", "dev"), "test": ("test",)}
+DEFAULT_DATASET_SPLITS = {"train": ("train",), **DATASET_SPLIT_NAMES}
 FORMATS_EXTRA = 'pip install "finetune-pipeline[formats]"'
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -57,27 +58,29 @@ class Record:
 
     line: int  # 1-based line where the record starts (for a table: its row + 1, as in its CSV export)
     values: dict[str, object]  # role -> value: a string in CSV/TSV, any JSON value in JSON Lines and tables
+    row: dict[str, object] | None = None  # every column's value, with keep_all (predict writes them back)
 
 
 def read_records(source: str | Path, columns: dict[str, str], settings: FileSettings, delimiter: str | None = None,
-                 encoding: str = "utf-8") -> list[Record]:
+                 encoding: str = "utf-8", keep_all: bool = False) -> list[Record]:
     """The values of the given columns (role -> column name) in every non-blank record of a source; delimiter
-    None: detected."""
+    None: detected. keep_all: each record also keeps every column (Record.row), and a blank line inside a
+    one-column file is a row with an empty text, so that the records are the file's rows in order."""
     location = str(source)
     if location.startswith(HUB_PREFIX) or is_dataset_folder(dataset_location(location)[0]):
-        return dataset_records(location, columns, settings)
+        return dataset_records(location, columns, settings, keep_all)
     path = Path(location)
     check_file(path, settings)
     if path.suffix.lower() == ".parquet":
-        return parquet_records(path, columns, settings)
+        return parquet_records(path, columns, settings, keep_all)
     if path.suffix.lower() == ".xlsx":
-        return excel_records(path, columns, settings)
+        return excel_records(path, columns, settings, keep_all)
     text = decode(path.read_bytes(), path, encoding, settings)
     if not text.strip():
         raise UserInputError(f"{path}: file is empty; {settings.file} must name a file with data")
     if path.suffix.lower() == ".jsonl":
-        return jsonl_records(text, path, columns, settings)
-    return delimited_records(text, path, columns, settings, delimiter)
+        return jsonl_records(text, path, columns, settings, keep_all)
+    return delimited_records(text, path, columns, settings, delimiter, keep_all)
 
 
 def check_file(path: Path, settings: FileSettings, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> None:
@@ -140,7 +143,7 @@ def guess_legacy_encoding(raw: bytes) -> tuple[str, str]:
 
 
 def delimited_records(text: str, path: Path, columns: dict[str, str], settings: FileSettings,
-                      delimiter: str | None) -> list[Record]:
+                      delimiter: str | None, keep_all: bool = False) -> list[Record]:
     is_tsv = path.suffix.lower() == ".tsv"
     if is_tsv or delimiter is None:  # a .tsv is always tab-separated (config.py says so)
         delimiter = "\t" if is_tsv else detect_delimiter(text, columns)
@@ -155,10 +158,15 @@ def delimited_records(text: str, path: Path, columns: dict[str, str], settings: 
                for role, column in columns.items()}
     records = []
     line = reader.line_num + 1
+    blank_rows: list[Record] = []  # in a one-column file with keep_all: empty texts, unless only blank lines follow
     for row in reader:
         if not any(field.strip() for field in row):  # blank line, e.g. at the end of the file
+            if keep_all and len(header) == 1:
+                blank_rows.append(Record(line, {role: "" for role in indices}, {header[0]: ""}))
             line = reader.line_num + 1
             continue
+        records += blank_rows
+        blank_rows = []
         if len(row) != len(header):
             setting = f", or set {settings.delimiter} if the file separates fields with another character" \
                 if settings.delimiter else ""
@@ -166,7 +174,8 @@ def delimited_records(text: str, path: Path, columns: dict[str, str], settings: 
                 f"{path}, line {line}: {len(row)} fields but the header has {len(header)} (split on "
                 f"{delimiter_name(delimiter)}); check the delimiter and the quoting of that line{setting}"
             )
-        records.append(Record(line, {role: row[index] for role, index in indices.items()}))
+        records.append(Record(line, {role: row[index] for role, index in indices.items()},
+                              dict(zip(header, row, strict=True)) if keep_all else None))
         line = reader.line_num + 1
     return records
 
@@ -216,7 +225,8 @@ def column_index(header: list[str], column: str, role: str, path: Path, settings
     )
 
 
-def jsonl_records(text: str, path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
+def jsonl_records(text: str, path: Path, columns: dict[str, str], settings: FileSettings,
+                  keep_all: bool = False) -> list[Record]:
     records = []
     # split on "\n" only: str.splitlines() would also split on U+2028 and friends, legal inside JSON strings
     for line, content in enumerate(text.split("\n"), start=1):
@@ -236,7 +246,8 @@ def jsonl_records(text: str, path: Path, columns: dict[str, str], settings: File
                     f"{path}, line {line}: no key '{column}'; keys found: {', '.join(record)}. "
                     f"Set {settings.columns[role]} to match"
                 )
-        records.append(Record(line, {role: record[column] for role, column in columns.items()}))
+        records.append(Record(line, {role: record[column] for role, column in columns.items()},
+                              record if keep_all else None))
     return records
 
 
@@ -244,9 +255,10 @@ def jsonl_records(text: str, path: Path, columns: dict[str, str], settings: File
 
 
 def table_records(source: str | Path, names: list[str], column_values: dict[str, list[Any]],
-                  columns: dict[str, str], settings: FileSettings, lines: list[int] | None = None) -> list[Record]:
-    """Records from a table given as its column names and {column: values}; lines: each row's number for
-    messages (default: counting from line 2, below the header)."""
+                  columns: dict[str, str], settings: FileSettings, lines: list[int] | None = None,
+                  keep_all: bool = False) -> list[Record]:
+    """Records from a table given as its column names and {column: values} (with keep_all: every column's);
+    lines: each row's number for messages (default: counting from line 2, below the header)."""
     check_unique_names(names, source)
     for role, column in columns.items():
         if column not in names:
@@ -254,7 +266,9 @@ def table_records(source: str | Path, names: list[str], column_values: dict[str,
                                  f"Set {settings.columns[role]}")
     rows = len(next(iter(column_values.values()), []))
     records = [Record(lines[index] if lines else index + 2,
-                      {role: column_values[column][index] for role, column in columns.items()}) for index in range(rows)]
+                      {role: column_values[column][index] for role, column in columns.items()},
+                      {name: values[index] for name, values in column_values.items()} if keep_all else None)
+               for index in range(rows)]
     if not records:
         raise UserInputError(f"{source}: has no rows; {settings.file} needs labelled examples")
     return records
@@ -268,19 +282,22 @@ def import_optional(module: str, what: str) -> Any:
                              f"{FORMATS_EXTRA}") from None
 
 
-def parquet_records(path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
+def parquet_records(path: Path, columns: dict[str, str], settings: FileSettings, keep_all: bool = False
+                    ) -> list[Record]:
     parquet = import_optional("pyarrow.parquet", f"{path} (Parquet)")
     try:
         names = parquet.read_schema(path).names
         check_unique_names(names, path)  # before pyarrow's own error for two columns of one name
-        wanted = [column for column in columns.values() if column in names]
+        wanted = names if keep_all else [column for column in columns.values() if column in names]
         table = parquet.read_table(path, columns=wanted)
     except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
         raise UserInputError(f"{path}: not a readable Parquet file ({err})") from None
-    return table_records(path, names, {name: table.column(name).to_pylist() for name in wanted}, columns, settings)
+    return table_records(path, names, {name: table.column(name).to_pylist() for name in wanted}, columns, settings,
+                         keep_all=keep_all)
 
 
-def excel_records(path: Path, columns: dict[str, str], settings: FileSettings) -> list[Record]:
+def excel_records(path: Path, columns: dict[str, str], settings: FileSettings, keep_all: bool = False
+                  ) -> list[Record]:
     openpyxl = import_optional("openpyxl", f"{path} (Excel)")
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
@@ -303,7 +320,7 @@ def excel_records(path: Path, columns: dict[str, str], settings: FileSettings) -
     if text_column in values:  # a number typed into the text column is a text all the same
         values[text_column] = [value if value is None or isinstance(value, str) else str(value)
                                for value in values[text_column]]
-    return table_records(path, names, values, columns, settings, lines)
+    return table_records(path, names, values, columns, settings, lines, keep_all)
 
 
 def filled_rows(sheet: Any) -> list[tuple[int, list[Any]]]:
@@ -328,13 +345,6 @@ def explain_where_the_header_is(workbook: Any, path: Path, wanted: list[str]) ->
                        else "move that sheet first, or save it as a file of its own")
                 raise UserInputError(f"{path}: the columns {', '.join(wanted)} are in {where}, but only the first "
                                      f"sheet is read, with its header in row 1; {fix}")
-
-
-def dataset_location(location: str) -> tuple[str, str | None]:
-    """'folder@validation' -> ('folder', 'validation'); 'hf:nyu-mll/glue:sst2@train' -> ('hf:nyu-mll/glue:sst2',
-    'train')."""
-    base, at, split = location.rpartition("@")
-    return (base, split) if at and base and "/" not in split else (location, None)
 
 
 def is_dataset_folder(location: str) -> bool:
@@ -367,9 +377,11 @@ def load_dataset_split(location: str, role: str) -> Any:
     return loaded[chosen]
 
 
-def dataset_records(location: str, columns: dict[str, str], settings: FileSettings) -> list[Record]:
-    names, values = dataset_values(load_dataset_split(location, settings.role), list(columns.values()))
-    return table_records(location, names, values, columns, settings)
+def dataset_records(location: str, columns: dict[str, str], settings: FileSettings, keep_all: bool = False
+                    ) -> list[Record]:
+    dataset = load_dataset_split(location, settings.role)
+    names, values = dataset_values(dataset, dataset.column_names if keep_all else list(columns.values()))
+    return table_records(location, names, values, columns, settings, keep_all=keep_all)
 
 
 def dataset_values(dataset: Any, wanted: list[str]) -> tuple[list[str], dict[str, list[Any]]]:

@@ -15,7 +15,7 @@ from finetune_pipeline.experiments.stability import Stability, loss_stability
 from finetune_pipeline.runs import run_lock
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
 from finetune_pipeline.runs.plots import RunCurves
-from finetune_pipeline.runs.run_record import RunRecord
+from finetune_pipeline.runs.run_record import RunRecord, describe_problem
 
 SEED_KEY = "seed"  # reported on its own: a seed change is noise, not a factor
 # Where the data lies and where results go are not factors; the data's content is checked by sha256.
@@ -57,8 +57,8 @@ CONSEQUENCES = {METRICS_FILE: "scores, status and provenance unknown", CONFIG_FI
 
 def describe_problems(record: RunRecord) -> list[str]:
     """The problems with the files a comparison reads, and what each costs it."""
-    return [f"{problem.file} " + ("is missing" if problem.missing else f"cannot be read ({problem.error})")
-            + f": {CONSEQUENCES[problem.file]}" for problem in record.problems if problem.file in CONSEQUENCES]
+    return [f"{describe_problem(problem)}: {CONSEQUENCES[problem.file]}" for problem in record.problems
+            if problem.file in CONSEQUENCES]
 
 
 def is_factor(key: str) -> bool:
@@ -157,7 +157,7 @@ def readable_value(value: Any) -> str:
     """A config or provenance value for people: strings bare, sha256 digests shortened, the rest as JSON."""
     if isinstance(value, str):
         return f"{value[:SHA256_SHOWN]}…" if SHA256_PATTERN.fullmatch(value) else value
-    return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:

@@ -66,15 +66,19 @@ class Sweep:
 
 
 def plan_sweep(preset_or_file: str | None, from_runs: list[Path], seeds: list[int] | None,
-               overrides: dict[str, Any], how: tuple[str, str]) -> Sweep:
+               overrides: dict[str, Any], how: tuple[str, str], members: list[str] | None = None) -> Sweep:
     """A sweep from a preset or sweep file, or from runs to rerun (with seeds): one of the two. how: the two ways
-    as the caller's user writes them, for the message (the command line's or the Python API's)."""
+    as the caller's user writes them, for the message (the command line's or the Python API's); members: only
+    these of the sweep file's members, by name."""
     if (preset_or_file is None) == (not from_runs):
         raise UserInputError(f"sweep: name a preset or sweep file ({how[0]}), or runs to rerun ({how[1]}), one of the "
                              "two")
     if from_runs:
+        if members:
+            raise UserInputError("sweep: members are chosen among a preset's or sweep file's members; with runs to "
+                                 "rerun, name just the runs you want")
         return sweep_from_runs(from_runs, seeds, overrides)
-    return load_sweep(resolve_sweep_file(str(preset_or_file)), seeds, overrides)
+    return load_sweep(resolve_sweep_file(str(preset_or_file)), seeds, overrides, members)
 
 
 def resolve_sweep_file(name_or_path: str) -> Path:
@@ -90,8 +94,10 @@ def resolve_sweep_file(name_or_path: str) -> Path:
     return path
 
 
-def load_sweep(path: Path, seeds: list[int] | None, extra_overrides: dict[str, Any]) -> Sweep:
-    """Read a sweep file and expand it into members, one per change and seed (seed-major order)."""
+def load_sweep(path: Path, seeds: list[int] | None, extra_overrides: dict[str, Any],
+               chosen: list[str] | None = None) -> Sweep:
+    """Read a sweep file and expand it into members, one per change and seed (seed-major order); chosen: only the
+    members of these names."""
     spec = read_config_file(path)
     unknown = set(spec) - SWEEP_KEYS
     if unknown:
@@ -99,10 +105,18 @@ def load_sweep(path: Path, seeds: list[int] | None, extra_overrides: dict[str, A
     if "base" not in spec:
         raise UserInputError(f"sweep {path}: needs \"base\", the path of a config file relative to the sweep file")
     changes = member_changes(spec, path)
+    if chosen:
+        names = [name for name, _ in changes]
+        unknown = [name for name in chosen if name not in names]
+        if unknown:
+            raise UserInputError(f"sweep {path}: no member {', '.join(map(repr, unknown))}; its members: "
+                                 f"{', '.join(names)}")
+        changes = [(name, overrides) for name, overrides in changes if name in chosen]
     clashing = sorted(set(extra_overrides) & {key for _, overrides in changes for key in overrides})
     if clashing:
-        raise UserInputError(f"--set {', '.join(clashing)}: the sweep itself varies these keys; "
-                             "change them in a copy of the sweep file instead")
+        raise UserInputError(f"--set {', '.join(clashing)}: the sweep itself varies these keys; run one member "
+                             "with its value (finetune sweep NAME --member MEMBER), or change them in a copy of the "
+                             "sweep file")
     base = apply_overrides(read_config_file(path.parent / spec["base"]), {**spec.get("set", {}), **extra_overrides})
     base_seed = config_from_dict(base, f"sweep {path}, base config").seed  # a bad base fails the whole sweep now
     seeds = seeds or spec.get("seeds") or [base_seed]
@@ -142,7 +156,8 @@ def run_config_file(run_dir: Path) -> Path:
     """A run folder's effective config, which is a complete config file."""
     path = Path(run_dir) / artifacts.CONFIG_FILE
     if not path.is_file():
-        raise UserInputError(f"--from-run {run_dir}: no {artifacts.CONFIG_FILE} there; give a run folder such as "
+        raise UserInputError(f"{run_dir}: no {artifacts.CONFIG_FILE} there, so not a run to rerun; give a run folder "
+                             "such as "
                              "finetune_pipeline/artifacts/20261124-120000")
     return path
 

@@ -34,6 +34,8 @@ RESUME_FILE = "resume.pt"  # while a run is unfinished: the training state and t
 LOCK_FILE = "run.lock"  # while a run is running: which process holds it (run_lock.py)
 CURVES_FILE = "curves.png"
 REPORT_FILE = "report.html"
+EXPORT_DIR = "export"  # finetune export writes here, unless --output names another place
+HF_DIR, ONNX_DIR = "hf", "onnx"  # the export folder's subfolders, one per format
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -64,7 +66,8 @@ def create_run_dir(root: str | Path, suffix: str = "") -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserInputError(f"output.artifacts_root '{root}': cannot create it ({err.strerror})") from None
+        raise UserInputError(f"output.artifacts_root '{root}': cannot create it ({err.strerror}); point it at a folder "
+                             "you may write, e.g. --set output.artifacts_root=$HOME/finetune_runs") from None
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S") + suffix
     for attempt in range(1, 1000):
         run_dir = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")

@@ -290,8 +290,8 @@ def config_section(config: dict[str, Any] | None) -> str:
     rows, row_classes = [], []
     for key, value in config_settings(config).items():
         default = defaults.get(key, "(not in the schema)")
-        rows.append([cell(key), cell(json.dumps(value)),
-                     cell(json.dumps(default) if key in defaults else default)])
+        rows.append([cell(key), cell(json.dumps(value, ensure_ascii=False)),
+                     cell(json.dumps(default, ensure_ascii=False) if key in defaults else default)])
         row_classes.append("changed" if key not in defaults or value != default else "")
     return ("<p>Highlighted: the keys this run set to something other than the default.</p>\n"
             + table(["key", "value", "default"], rows, row_classes))

@@ -23,6 +23,7 @@ from finetune_pipeline.core.training import TrainingState
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts, run_lock
 from finetune_pipeline.runs.provenance import code_version, data_fingerprints
+from finetune_pipeline.runs.run_record import read_run_files
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime import files
 
@@ -63,13 +64,7 @@ def check_resumable(run_dir: Path, force: bool) -> tuple[Config, RunMetrics, dic
     refuses one that may not."""
     where = f"--resume {run_dir}"
     rerun = f"finetune train --from-run {shlex.quote(str(run_dir))}"  # a new run with this run's config
-    if not (run_dir / artifacts.METRICS_FILE).is_file():
-        raise UserInputError(f"{where}: not a run folder (no {artifacts.METRICS_FILE})")
-    try:
-        metrics = RunMetrics.read(run_dir / artifacts.METRICS_FILE)
-        plain_config = files.read_json_object(run_dir / artifacts.CONFIG_FILE)
-    except (OSError, ValueError) as err:
-        raise UserInputError(f"{where}: cannot read the run's files ({err})") from None
+    metrics, plain_config = read_run_files(run_dir, "--resume")
     status = run_lock.run_status(run_dir, metrics)
     if status == "completed":
         raise UserInputError(f"{where}: this run completed; there is nothing to resume. A new run with its "

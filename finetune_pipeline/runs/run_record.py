@@ -3,12 +3,15 @@
 compare and report.html read runs through here, finished or not: a failed run may lack a file, and a killed
 one may have left a train.log cut in the middle of a line, so a file that is missing or unreadable leaves its
 part empty and a FileProblem says which file and why; each reader words the problems for its own audience.
+predict, evaluate, export, resume and the API's load_run need metrics.json and config.json whole
+(read_run_files): for them a problem is an error, worded the same way.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, FREEZE_PROOF_FILE, METRICS_FILE, TRAIN_LOG_FILE
 from finetune_pipeline.runs.plots import RunCurves, read_run_curves
 from finetune_pipeline.runs.run_metrics import RunMetrics
@@ -68,3 +71,27 @@ def read_part(path: Path, read: Callable[[Path], Part], problems: list[FileProbl
     except (OSError, ValueError, KeyError) as error:
         problems.append(FileProblem(path.name, str(error)))
         return None
+
+
+def describe_problem(problem: FileProblem) -> str:
+    return f"{problem.file} " + ("is missing" if problem.missing else f"cannot be read ({problem.error})")
+
+
+def read_run_files(run_dir: Path, purpose: str) -> tuple[RunMetrics, dict[str, Any]]:
+    """metrics.json and config.json (as written) of a run folder that purpose ('export', '--resume') needs whole."""
+    if not run_dir.is_dir():
+        raise UserInputError(f"{run_dir}: no such run folder; give one of the folders under output.artifacts_root, "
+                             "e.g. finetune_pipeline/artifacts/20261124-120000")
+    problems: list[FileProblem] = []
+    metrics = read_part(run_dir / METRICS_FILE, RunMetrics.read, problems)
+    config = read_part(run_dir / CONFIG_FILE, read_json_object, problems)
+    missing = [problem.file for problem in problems if problem.missing]
+    if missing:
+        raise UserInputError(f"{run_dir}: not a run folder (it has no {' and no '.join(missing)}); give one of the "
+                             "folders under output.artifacts_root, e.g. finetune_pipeline/artifacts/20261124-120000")
+    if metrics is None or config is None:
+        raise UserInputError(
+            f"{run_dir}: {'; '.join(describe_problem(problem) for problem in problems)}; {purpose} needs both. A run "
+            "writes each file whole, so this one was edited or cut short by a copy: restore it from a copy of the "
+            "folder, or train the run again")
+    return metrics, config

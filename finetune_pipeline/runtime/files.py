@@ -8,6 +8,7 @@ of one. Checkpoints are read with torch.load(weights_only=True) only: tensors an
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -81,9 +82,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # weights_only=True: unpickling arbitrary objects can run code; tensors and plain types cannot.
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message goes on to suggest weights_only=False, which is exactly what must not be done here
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         raise UserInputError(
-            f"{path}: refused to load: it holds objects other than tensors and plain types, which could "
-            f"run code on this machine ({str(err).splitlines()[0]})"
+            f"{path}: refused to load: it holds objects other than tensors and plain types"
+            f"{f' ({found.group(1)})' if found else ''}, and unpickling them could run code on this machine. This "
+            "package writes only tensors and plain types: the file was not written by it, or was altered; use the "
+            "run's own checkpoint, or train again"
         ) from None
-    except (RuntimeError, EOFError) as err:
-        raise UserInputError(f"{path}: not a readable checkpoint ({err})") from None
+    except (RuntimeError, EOFError, OSError) as err:  # a zip archive cut short, a file that is not a checkpoint
+        raise UserInputError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}), most likely cut short (a copy or a disk that "
+            "stopped mid-file); its run folder's other checkpoint (best_model.pt or final_model.pt) may be whole, "
+            "else train again"
+        ) from None

@@ -86,13 +86,16 @@ class RunLogging:
         logger.setLevel(self.previous_level)
 
 
-def configure_console_logging() -> None:
-    """Console output for the CLI: the message only, warnings marked as such."""
+def configure_console_logging(level: int = logging.INFO) -> None:
+    """Console output: the message only. The CLI shows every event (level INFO); the Python API, whose cells in a
+    notebook would fill with them, warnings only (level WARNING): every event is in the run's train.log anyway."""
     for previous in [handler for handler in logger.handlers if handler.get_name() == "console"]:
         logger.removeHandler(previous)  # called again in one process (tests, notebooks): one console, today's
     handler = logging.StreamHandler()
     handler.set_name("console")
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # a filter, not setLevel: tqdm's redirect (RunLogging) copies a console handler's filters, not its level
+    handler.addFilter(lambda record: record.levelno >= level)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

@@ -13,15 +13,16 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
+from finetune_pipeline.core.data import load_splits
 from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts, run_lock
-from finetune_pipeline.runtime import files
+from finetune_pipeline.runs.run_record import read_run_files
 from finetune_pipeline.serving import hf_folder, onnx_folder
 
-EXPORT_DIR = "export"  # inside the run folder, unless --output names another place
-HF_DIR, ONNX_DIR = "hf", "onnx"  # the export folder's subfolders, one per format
+EXPORT_DIR, HF_DIR, ONNX_DIR = artifacts.EXPORT_DIR, artifacts.HF_DIR, artifacts.ONNX_DIR
 FORMATS = {"hf": (HF_DIR,), "onnx": (ONNX_DIR,), "all": (HF_DIR, ONNX_DIR)}  # --format -> the folders written
 CHECKPOINTS = {"best": artifacts.BEST_MODEL_FILE, "final": artifacts.FINAL_MODEL_FILE}
 
@@ -31,31 +32,34 @@ def export_run(run_dir: Path, export_format: str = "hf", checkpoint: str = "best
     """Write a completed run's model in the formats asked for, into output (default RUN_DIR/export)/hf and
     /onnx; returns {format: folder}. Anything that is not a completed run folder is a UserInputError."""
     if export_format not in FORMATS:
-        raise UserInputError(f"--format {export_format!r}: choose one of {', '.join(FORMATS)}")
+        raise UserInputError(f"export format {export_format!r}: choose one of {', '.join(FORMATS)}")
     if checkpoint not in CHECKPOINTS:
-        raise UserInputError(f"--checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
+        raise UserInputError(f"export checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
     formats = FORMATS[export_format]
     if ONNX_DIR in formats:
         onnx_folder.require_export_packages("finetune export --format onnx")  # before any work
     run_dir = Path(run_dir)
-    check_completed(run_dir)
+    run_config_file = check_completed(run_dir)  # config.json as it is, for the model card
     run = artifacts.load_run(run_dir, CHECKPOINTS[checkpoint])
     if TrainingMode.of(run.config).lora is not None:
         run.model.merge_lora()  # plain weights (W + alpha / r B A): transformers and onnxruntime load them as they are
     source = {"run_dir": run_dir.name, "checkpoint": CHECKPOINTS[checkpoint]}
-    run_config_file = files.read_json_object(run_dir / artifacts.CONFIG_FILE)  # for the model card, as it is
     writers = {HF_DIR: lambda folder: hf_folder.write_hf_folder(run, folder, source, run_config_file),
                ONNX_DIR: lambda folder: onnx_folder.write_onnx_folder(run, folder, source)}
     root = run_dir / EXPORT_DIR if output is None else Path(output)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserInputError(f"--output {root}: cannot create it ({err.strerror})") from None
+        raise UserInputError(f"export output {root}: cannot create it ({err.strerror}); choose a folder you may "
+                             "write (--output on the command line, output= in Python)") from None
+    for leftover in [*root.glob(".*.tmp"), *root.glob(".*.old")]:  # a killed export's half-written folders
+        shutil.rmtree(leftover, ignore_errors=True)
     built: dict[str, Path] = {}
     try:
         for name in formats:
             built[name] = temporary_sibling(root / name)
             writers[name](built[name])
+            record_own_score(built[name], name, run)
             finish_files(built[name])
         for name, temporary in built.items():
             replace_folder(temporary, root / name)
@@ -65,19 +69,45 @@ def export_run(run_dir: Path, export_format: str = "hf", checkpoint: str = "best
     return {name: root / name for name in formats}
 
 
-def check_completed(run_dir: Path) -> None:
-    """A run folder whose training finished: its checkpoints and test metrics are final."""
-    if not run_dir.is_dir():
-        raise UserInputError(f"{run_dir}: no such run folder; give one of the folders under output.artifacts_root")
-    if not (run_dir / artifacts.METRICS_FILE).is_file() or not (run_dir / artifacts.CONFIG_FILE).is_file():
-        raise UserInputError(f"{run_dir}: not a run folder (it has no {artifacts.METRICS_FILE} and "
-                             f"{artifacts.CONFIG_FILE}); give one of the folders under output.artifacts_root")
-    status = run_lock.run_status(run_dir)
+def record_own_score(folder: Path, name: str, run: artifacts.LoadedRun) -> None:
+    """Score the run's test split through the written folder itself (transformers or onnxruntime, float32 on the
+    CPU) and say so in it: the model card's last section, or the ONNX folder's export_info.json. What a user of the
+    export gets, measured, next to what the run recorded."""
+    from finetune_pipeline.serving.inference import load_classifier, score_examples  # it reads export folders
+
+    metric = run.config.training.metric
+    try:
+        test = load_splits(run.config.data, run.config.seed, type(run.task)).test
+    except UserInputError as error:  # the data moved since training: the export is still whole
+        measured, words = None, f"Not measured: the run's test data cannot be read here ({error})."
+    else:
+        runtime = "onnx" if name == ONNX_DIR else "torch"
+        measured = score_examples(load_classifier(folder, artifacts.BEST_MODEL_FILE, runtime), test,
+                                  run.config.training.eval_batch_size)
+        recorded = run.metrics.test_score
+        words = (f"The run's test split ({len(test)} examples) scored through this folder's own files "
+                 f"({'onnxruntime' if runtime == 'onnx' else 'transformers'}, float32 on the CPU): {metric} "
+                 f"{measured[metric]:.4f}. The run recorded {metric} "
+                 f"{'unknown' if recorded is None else f'{recorded:.4f}'} for its best checkpoint, in its own "
+                 "precision and batches.")
+    if name == ONNX_DIR:
+        onnx_folder.add_info(folder, {"measured_through_export": {"test_examples": len(test), metric: measured[metric]}
+                                      if measured else None})
+    else:
+        with (folder / hf_folder.CARD_FILE).open("a", encoding="utf-8") as card:
+            card.write(f"\n## Measured through this export\n\n{words}\n")
+
+
+def check_completed(run_dir: Path) -> dict[str, Any]:
+    """A run folder whose training finished (its checkpoints and test metrics are final); its config.json."""
+    metrics, run_config_file = read_run_files(run_dir, "export")
+    status = run_lock.run_status(run_dir, metrics)
     if status != "completed":
         raise UserInputError(
             f"{run_dir}: the run is {status}, not completed; export needs a finished run (its model card reports "
             f"the test metrics). Continue it with `finetune train --resume {run_dir}`, or export another run"
         )
+    return run_config_file
 
 
 def temporary_sibling(target: Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from finetune_pipeline.core.config import config_from_dict
 from finetune_pipeline.core.model import build_classifier
@@ -50,7 +50,7 @@ def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_co
     state = run.model.state_dict()
     thresholds = state.pop(THRESHOLDS_KEY, None)  # into config.json: a decision rule, not a weight to load
     config = config_class(
-        encoder_config=run.model.backbone.config.to_dict(),
+        encoder_config=portable_config(run.model.backbone.config),
         pooling=run.config.model.pooling,
         head_hidden_size=run.config.model.hidden_dim,
         head_dropout=run.config.model.dropout,
@@ -68,6 +68,12 @@ def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_co
     model.save_pretrained(folder)  # safetensors: no pickle
     exported_tokenizer(run).save_pretrained(folder)
     (folder / CARD_FILE).write_text(model_card(run, source, run_config_file), encoding="utf-8")
+
+
+def portable_config(backbone_config: PretrainedConfig) -> dict[str, Any]:
+    """The backbone's config without _name_or_path: where the weights were read from on the training machine (for
+    the default backbone, a path inside this machine's site-packages) means nothing elsewhere."""
+    return {key: value for key, value in backbone_config.to_dict().items() if key != "_name_or_path"}
 
 
 def shipped_model_classes() -> tuple[type, type]:

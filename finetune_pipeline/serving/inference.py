@@ -14,23 +14,31 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetune_pipeline.core.batching import TokenizedSplit, tokenize_split
-from finetune_pipeline.core.data import Example, check_labels_seen_in_train, checked_text, read_labelled_file
+from finetune_pipeline.core.config import check_delimiter, check_encoding
+from finetune_pipeline.core.data import (
+    Example,
+    check_labels_seen_in_train,
+    read_labelled_file,
+    reading_of_file,
+)
 from finetune_pipeline.core.device import Placement, Precision, resolve_precision
 from finetune_pipeline.core.evaluation import evaluate, predict_logits
+from finetune_pipeline.core.feature_cache import FeatureSplit, cache_key, lookup
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.core.task import Task
-from finetune_pipeline.core.readers import FileSettings, check_file, decode, read_records, source_sha256
+from finetune_pipeline.core.training_mode import TrainingMode
+from finetune_pipeline.core.readers import FileSettings, Record, check_file, decode, read_records, source_sha256
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, LoadedRun, load_run
+from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, EXPORT_DIR, ONNX_DIR, LoadedRun, load_run
+from finetune_pipeline.runs.run_record import read_run_files
 from finetune_pipeline.runtime.files import write_atomically, write_json
 from finetune_pipeline.serving import hf_folder, onnx_folder
-from finetune_pipeline.serving.export import EXPORT_DIR, ONNX_DIR
 
 EVALUATIONS_DIR = "evaluations"
 CPU = torch.device("cpu")  # load_run puts the model there
@@ -40,8 +48,11 @@ OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 # The command-line options that name the files and columns, for messages that say what to change.
 EVALUATE_SETTINGS = FileSettings(file="--data", columns={"text": "--text-column", "label": "--label-column",
-                                                           "text_pair": "the run's data.text_pair_column"})
-PREDICT_SETTINGS = FileSettings(file="--input", columns={"text": "--text-column", "text_pair": "the run's data.text_pair_column"})
+                                                           "text_pair": "the run's data.text_pair_column"},
+                                 delimiter="--delimiter", encoding="--encoding")
+PREDICT_SETTINGS = FileSettings(file="--input", columns={"text": "--text-column",
+                                                         "text_pair": "the run's data.text_pair_column"},
+                                delimiter="--delimiter", encoding="--encoding")
 
 
 class Classifier(Protocol):
@@ -52,6 +63,8 @@ class Classifier(Protocol):
     max_length: int  # the run's data.max_length: texts are cut as in training
     text_column: str  # the run's data.text_column, predict_file's default column
     text_pair_column: str | None  # the run's data.text_pair_column: a pair model reads two texts
+    delimiter: str | None  # the run's data.delimiter and data.encoding: predict_file's defaults
+    encoding: str
     task: Task  # what the logits mean, and how a prediction is decided
     thresholds: torch.Tensor | None  # a multi-label model's, chosen on val
 
@@ -67,6 +80,8 @@ class TorchClassifier:
     max_length: int
     text_column: str
     text_pair_column: str | None
+    delimiter: str | None
+    encoding: str
     task: Task
     precision: Precision
 
@@ -95,23 +110,34 @@ def evaluate_file(
     label_column: str | None = None,
     name: str | None = None,
     checkpoint: str = BEST_MODEL_FILE,
+    delimiter: str | None = None,
+    encoding: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """The run's metrics on a labelled file, also written to RUN_DIR/evaluations/<name>.json. run_dir may
-    also be an exported transformers folder (which then gets the evaluations/ folder)."""
+    also be an exported transformers folder (which then gets the evaluations/ folder). Columns, delimiter and
+    encoding not given are those the run read the file with (one of its own split files), else its data.* ones."""
     run_dir, data_file = Path(run_dir), Path(data_file)
+    delimiter, encoding = checked_format(delimiter, encoding)
     output = evaluation_path(run_dir, data_file.stem if name is None else name)
     run, precision, checkpoint = load_torch_model(run_dir, checkpoint)
     data = run.config.data
+    reading = reading_of_file(data, data_file)
     kind = type(run.task)
-    examples = read_labelled_file(data_file, text_column or data.text_column, label_column or data.label_column,
-                                  EVALUATE_SETTINGS, text_pair_column=data.text_pair_column, task=kind,
+    examples = read_labelled_file(data_file, text_column or reading.text_column, label_column or reading.label_column,
+                                  EVALUATE_SETTINGS, delimiter or reading.delimiter, encoding or reading.encoding,
+                                  text_pair_column=reading.text_pair_column, task=kind,
                                   label_separator=data.label_separator)
     check_labels_seen_in_train(examples, run.label_names, "evaluation", str(data_file), kind)
     split = tokenize_split(examples, run.task.encode, run.tokenizer, data.max_length)
-    # the batches of the run's own test evaluation: a CPU run's test file gives exactly its test metrics
-    metrics = evaluate(run.model, split, run.task, run.config.training.eval_batch_size, Placement(CPU, precision))
+    placement = Placement(CPU, precision)
+    features = cached_features(run, split, placement)
+    # the batches of the run's own test evaluation, and for a frozen run the very features it scored: the run's
+    # own test file gives exactly its test metrics
+    metrics = evaluate(run.model, split if features is None else features, run.task,
+                       run.config.training.eval_batch_size, placement)
     metrics.update(
         examples=len(examples),
+        inputs="the model on the file" if features is None else "the run's cached backbone features of the file",
         data_file=str(data_file.resolve()),
         data_sha256=source_sha256(str(data_file), EVALUATE_SETTINGS.role),  # as a run hashes its data, folders too
         checkpoint=checkpoint,
@@ -121,6 +147,34 @@ def evaluate_file(
     output.parent.mkdir(exist_ok=True)
     write_json(output, metrics)
     return metrics, output
+
+
+def checked_format(delimiter: str | None, encoding: str | None) -> tuple[str | None, str | None]:
+    """--delimiter and --encoding as the config checks data.delimiter and data.encoding."""
+    try:
+        return check_delimiter(delimiter), check_encoding(encoding)
+    except ValueError as error:
+        option = "--delimiter" if "delimiter" in str(error) else "--encoding"
+        raise UserInputError(f"{option} {delimiter if option == '--delimiter' else encoding!r}: {error}") from None
+
+
+def score_examples(classifier: Classifier, examples: list[Example], batch_size: int) -> dict[str, Any]:
+    """The task's metrics of a classifier (a run's model, or an export through its own runtime) on examples."""
+    split = tokenize_split(examples, classifier.task.encode, classifier.tokenizer, classifier.max_length)
+    return classifier.task.metrics(classifier.logits(split, batch_size), split.labels, classifier.thresholds)
+
+
+def cached_features(run: LoadedRun, split: TokenizedSplit, placement: Placement) -> FeatureSplit | None:
+    """A frozen run scored its splits on backbone features computed once, in batches that mixed its splits: with
+    bf16 the model run again on one file alone rounds differently. When the feature cache holds this file's
+    features (a run's own split files), these are the numbers the run scored."""
+    backbone_sha256 = run.metrics.backbone_sha256
+    if not TrainingMode.of(run.config).caches_features or backbone_sha256 is None:
+        return None
+    model = run.config.model
+    key = cache_key(split, model.backbone, backbone_sha256, model.pooling, placement.precision, placement.device)
+    features, _, _ = lookup(Path(run.config.output.cache_dir), key)
+    return None if features is None else FeatureSplit(features, torch.tensor(split.labels), split.lengths)
 
 
 def evaluation_path(run_dir: Path, name: str) -> Path:
@@ -141,6 +195,11 @@ def predict_texts(
     return predictions_for(classifier, texts, batch_size, pairs)
 
 
+class PredictedFile(NamedTuple):
+    labelled: int  # rows that got a prediction
+    unlabelled: list[int]  # the lines of rows with an empty text: written back with empty prediction columns
+
+
 def predict_file(
     run_dir: Path,
     input_file: Path,
@@ -149,26 +208,40 @@ def predict_file(
     batch_size: int = 32,
     checkpoint: str = BEST_MODEL_FILE,
     runtime: str = "torch",
-) -> int:
-    """Label every text of input_file and write the predictions to output_file; returns how many."""
+    delimiter: str | None = None,
+    encoding: str | None = None,
+) -> PredictedFile:
+    """Label every text of input_file and write output_file: every input row in its order, with all its columns,
+    followed by the prediction's (label, prob_<label>; see prediction_columns). A row with an empty text is
+    written unlabelled rather than stopping the file. The column, delimiter and encoding not given are the run's."""
     input_file, output_file = Path(input_file), Path(output_file)
     if output_file.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserInputError(
             f"--output {output_file}: unsupported file type '{output_file.suffix}'; it must end in "
             f"{', '.join(OUTPUT_SUFFIXES)}"
         )
+    delimiter, encoding = checked_format(delimiter, encoding)
     if output_file.resolve() == input_file.resolve():
         raise UserInputError(f"--output {output_file}: is the input file; write the predictions to another file")
     classifier = load_classifier(Path(run_dir), checkpoint, runtime)
-    texts, pairs = read_texts(input_file, text_column or classifier.text_column, classifier.text_pair_column)
-    predictions = predictions_for(classifier, texts, batch_size, pairs)
-    if output_file.suffix.lower() == ".jsonl":
-        content = predictions_jsonl(predictions)
-    else:
-        content = predictions_csv(predictions, classifier.label_names)
+    records = read_rows(input_file, text_column or classifier.text_column, classifier.text_pair_column,
+                        delimiter or classifier.delimiter, encoding or classifier.encoding)
+    labelled = [record for record in records if all(is_text(value) for value in record.values.values())]
+    if not labelled:
+        raise UserInputError(f"{input_file}: every text is empty; --input needs texts to label")
+    pairs = [str(record.values["text_pair"]) for record in labelled] if classifier.text_pair_column else None
+    predictions = predictions_for(classifier, [str(record.values["text"]) for record in labelled], batch_size, pairs)
+    decided = {id(record): prediction for record, prediction in zip(labelled, predictions, strict=True)}
+    as_csv = output_file.suffix.lower() == ".csv"
+    rows = output_rows(records, decided, classifier.label_names, as_csv)
+    content = csv_text(rows) if as_csv else jsonl_text(rows)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(output_file, lambda file: file.write(content.encode("utf-8")))
-    return len(predictions)
+    return PredictedFile(len(labelled), [record.line for record in records if id(record) not in decided])
+
+
+def is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def load_classifier(folder: Path, checkpoint: str, runtime: str) -> Classifier:
@@ -181,7 +254,7 @@ def load_classifier(folder: Path, checkpoint: str, runtime: str) -> Classifier:
     run, precision, _ = load_torch_model(folder, checkpoint)
     data = run.config.data
     return TorchClassifier(run.model, run.label_names, run.tokenizer, data.max_length, data.text_column,
-                           data.text_pair_column, run.task, precision)
+                           data.text_pair_column, data.delimiter, data.encoding, run.task, precision)
 
 
 def load_torch_model(folder: Path, checkpoint: str) -> tuple[LoadedRun, Precision, str]:
@@ -207,9 +280,8 @@ def find_onnx_export(folder: Path) -> Path:
 
 
 def load_trained_run(run_dir: Path, checkpoint: str) -> LoadedRun:
-    """load_run, with a message that says why a run folder can lack its checkpoint."""
-    if not run_dir.is_dir():
-        raise UserInputError(f"{run_dir}: no such run folder; give one of the folders under output.artifacts_root")
+    """load_run, with a message that says why a run folder can lack its checkpoint or what is wrong with its files."""
+    read_run_files(run_dir, "loading its model")
     if not (run_dir / checkpoint).is_file():
         unfinished = "its first epoch" if checkpoint == BEST_MODEL_FILE else "training"
         raise UserInputError(
@@ -246,23 +318,30 @@ def check_pairs(classifier: Classifier, texts: list[str], pairs: list[str] | Non
     check_texts(pairs)
 
 
-def read_texts(path: Path, text_column: str, text_pair_column: str | None = None) -> tuple[list[str], list[str] | None]:
-    """Texts to label (and their pairs, for a pair model): columns of any source the training readers take (CSV,
-    TSV, JSON Lines, Parquet, Excel, datasets), or each non-blank line of a UTF-8 .txt file (one text each)."""
+def read_rows(path: Path, text_column: str, text_pair_column: str | None = None, delimiter: str | None = None,
+              encoding: str = "utf-8") -> list[Record]:
+    """The rows to label, each with every column (Record.row) and its text (and pair) under values: any source the
+    training readers take (CSV, TSV, JSON Lines, Parquet, Excel, datasets), or each non-blank line of a .txt file
+    (one text each, as the column "text")."""
     if path.suffix.lower() == ".txt":
         if text_pair_column is not None:
             raise UserInputError(f"{path}: a .txt file holds one text a line, and this model reads text pairs; give a "
                                  f"table with the columns '{text_column}' and '{text_pair_column}'")
         check_file(path, PREDICT_SETTINGS, (".txt",))
-        content = decode(path.read_bytes(), path, "utf-8", PREDICT_SETTINGS)
-        return [line.removesuffix("\r") for line in content.split("\n") if line.strip()], None
+        content = decode(path.read_bytes(), path, encoding, PREDICT_SETTINGS)
+        return [Record(number, {"text": line.removesuffix("\r")}, {"text": line.removesuffix("\r")})
+                for number, line in enumerate(content.split("\n"), start=1) if line.strip()]
     columns = {"text": text_column} | ({"text_pair": text_pair_column} if text_pair_column else {})
-    records = read_records(path, columns, PREDICT_SETTINGS)
+    records = read_records(path, columns, PREDICT_SETTINGS, delimiter, encoding, keep_all=True)
     if not records:
         raise UserInputError(f"{path}: has a header but no rows; --input needs texts to label")
-    texts = [checked_text(record, path, text_column) for record in records]
-    pairs = [checked_text(record, path, text_pair_column, "text_pair") for record in records] if text_pair_column else None
-    return texts, pairs
+    for record in records:  # a number in a text column (a spreadsheet's) is a text; anything else is not
+        record.values = {role: str(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
+                         else "" if value is None else value for role, value in record.values.items()}
+        if not all(isinstance(value, str) for value in record.values.values()):
+            raise UserInputError(f"{path}, line {record.line}: the text is not a string "
+                                 f"({json.dumps(record.values, default=str, ensure_ascii=False)})")
+    return records
 
 
 def predictions_for(classifier: Classifier, texts: list[str], batch_size: int,
@@ -283,26 +362,41 @@ def tokenize_texts(classifier: Classifier, texts: list[str], pairs: list[str] | 
     return tokenize_split(examples, lambda label: 0, classifier.tokenizer, classifier.max_length)
 
 
-def predictions_csv(predictions: list[Prediction], label_names: list[str]) -> str:
-    """text (text_pair), label, then prob_<label> for every label (none for a regression: label is the number); a
-    multi-label prediction's labels are joined with '|'."""
+PREDICTED_PREFIX = "predicted_"  # before the prediction's columns when the input has a column of one of their names
+
+
+def output_rows(records: list[Record], decided: dict[int, Prediction], label_names: list[str], as_csv: bool
+                ) -> list[dict[str, object]]:
+    """Each input row with every column, then the prediction's: in CSV "label" and "prob_<label>" per label (a
+    multi-label set joined with '|'), in JSON Lines "label" (a list, for multi-label) and "probabilities" (an
+    object); a regression has the number and no probabilities. All prefixed with "predicted_" where one would hide
+    an input column (a labelled file's own "label"); empty (null) for a row that was not labelled."""
+    scored = any(prediction.probabilities is not None for prediction in decided.values())
+    probability_names = ([f"prob_{label}" for label in label_names] if as_csv else ["probabilities"]) if scored else []
+    names = ["label", *probability_names]
+    prefix = PREDICTED_PREFIX if any(name in (record.row or {}) for record in records for name in names) else ""
+    rows = []
+    for record in records:
+        prediction = decided.get(id(record))
+        values: list[object] = [None] * len(names)
+        if prediction is not None:
+            label = "|".join(prediction.label) if as_csv and isinstance(prediction.label, list) else prediction.label
+            probabilities = prediction.probabilities or {}
+            values = [label, *((list(probabilities.values()) if as_csv else [probabilities]) if scored else [])]
+        rows.append({**(record.row or {}), **{prefix + name: value for name, value in zip(names, values, strict=True)}})
+    return rows
+
+
+def csv_text(rows: list[dict[str, object]]) -> str:
+    """Rows as CSV under the first row's columns; a list or object in a cell (an input's) as JSON."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    pairs = bool(predictions) and predictions[0].text_pair is not None
-    scored = bool(predictions) and predictions[0].probabilities is not None
-    writer.writerow(["text", *(["text_pair"] if pairs else []), "label",
-                     *(f"prob_{label}" for label in label_names if scored)])
-    for prediction in predictions:
-        label = "|".join(prediction.label) if isinstance(prediction.label, list) else prediction.label
-        writer.writerow([prediction.text, *([prediction.text_pair] if pairs else []), label,
-                         *(prediction.probabilities.values() if scored else [])])
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+                         for key, value in row.items()})
     return buffer.getvalue()
 
 
-def predictions_jsonl(predictions: list[Prediction]) -> str:
-    return "".join(
-        json.dumps({"text": p.text, **({"text_pair": p.text_pair} if p.text_pair is not None else {}), "label": p.label,
-                    **({"probabilities": p.probabilities} if p.probabilities is not None else {})},
-                   ensure_ascii=False) + "\n"
-        for p in predictions
-    )
+def jsonl_text(rows: list[dict[str, object]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)

@@ -73,8 +73,15 @@ def write_onnx_folder(run: LoadedRun, folder: Path, source: dict[str, str]) -> N
     thresholds = run.model.head.decision_thresholds
     info = {"label_names": run.label_names, "max_length": run.config.data.max_length,
             "text_column": run.config.data.text_column, "text_pair_column": run.config.data.text_pair_column,
+            "delimiter": run.config.data.delimiter, "encoding": run.config.data.encoding,
             "task": run.task.record(), "thresholds": None if thresholds is None else thresholds.tolist(),
             "inputs": INPUT_NAMES, "output": OUTPUT_NAME, "opset": OPSET, **source}
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def add_info(folder: Path, entries: dict[str, object]) -> None:
+    """More keys in the folder's classifier.json (written before the folder is renamed into place)."""
+    info = read_json_object(folder / INFO_FILE) | entries
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -99,6 +106,8 @@ class OnnxClassifier:
     max_length: int
     text_column: str
     text_pair_column: str | None
+    delimiter: str | None
+    encoding: str
     task: Task
     thresholds: torch.Tensor | None
     session: Any  # onnxruntime.InferenceSession
@@ -121,4 +130,5 @@ def load_onnx_export(folder: Path) -> OnnxClassifier:
     task = loaded_task(info["label_names"], info.get("task"), "accuracy")
     thresholds = None if info.get("thresholds") is None else torch.tensor(info["thresholds"])
     return OnnxClassifier(info["label_names"], AutoTokenizer.from_pretrained(folder), info["max_length"],
-                          info["text_column"], info.get("text_pair_column"), task, thresholds, session)
+                          info["text_column"], info.get("text_pair_column"), info.get("delimiter"),
+                          info.get("encoding", "utf-8"), task, thresholds, session)
