@@ -18,6 +18,7 @@ from __future__ import annotations  # Data and RunLike name pandas and datasets 
 import base64
 import functools
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
@@ -273,10 +274,15 @@ def data_path(data: Any, argument: str) -> str:
 
 
 def with_table_origin(error: UserInputError, path: str, origin: str) -> UserInputError:
-    """A message that names a stored table's file also says what the file is. Reading errors say so already (see
-    data.read_split); the label checks that follow reading name the file only."""
-    if path in str(error) and origin not in str(error):
-        error.args = (f"{error}\n  ({path}: {origin})",)  # in place: the error keeps its type and its run_dir
+    """A message about a table's stored file speaks of the table: "PATH, line 4" becomes "the DataFrame given as
+    train= to ft.train, row .iloc[3]" (the file's line N is the table's row N - 1); the note that explains the file
+    (data.read_split adds it) goes. In place: the error keeps its type and its run_dir."""
+    table = origin.split(", stored as")[0]  # stored_origin's words: "the DataFrame given as train= to ft.train"
+    row = ".iloc[{}]" if " DataFrame " in f" {table} " else "[{}]"
+    message = re.sub(rf"{re.escape(path)}, line (\d+)", lambda found: f"{table}, row {row.format(int(found[1]) - 1)}",
+                     str(error))
+    message = "\n".join(line for line in message.splitlines() if origin not in line)
+    error.args = (message if path not in message else f"{message}\n  ({path}: {origin})",)
     return error
 
 

@@ -392,7 +392,8 @@ def evaluate_command(run_dir: str, data: str, text_column: str | None, label_col
     if absent and "macro_f1" in metrics:
         print(f"note: {len(absent)} of the run's {len(metrics['per_class'])} labels never occur in this file "
               f"({', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}); macro-F1 averages over every label "
-              "the run knows, and each of these counts as F1 0 in it (accuracy and the other labels' rows are unaffected)")
+              "the run knows, and each of these counts as F1 0 in it (accuracy and the other labels' rows are "
+              "unaffected)")
     print(f"written to {path}")
 
 

@@ -125,8 +125,9 @@ def test_labels_that_differ_only_by_case_are_an_error_naming_the_dataframe(confi
 def test_a_val_label_unseen_in_train_names_the_row(config):
     rows = [(text, "neutral" if index == 2 else label) for index, (text, label) in enumerate(toy_rows(16, 2))]
     message = error_of(ft.train, config, train=TRAIN, val=frame(rows), test=TEST)
-    assert "line 3: val label 'neutral' never occurs in the train split" in message
-    assert "its line N is the DataFrame's row .iloc[N - 1]" in message
+    # the DataFrame's own row, not a line of the file it was stored as
+    assert "the DataFrame given as val= to ft.train, row .iloc[2]: val label 'neutral' never occurs" in message
+    assert "line 3" not in message and ".jsonl" not in message
 
 
 def test_an_empty_or_missing_text_is_an_error_with_its_row(config):
@@ -135,7 +136,7 @@ def test_an_empty_or_missing_text_is_an_error_with_its_row(config):
         table = frame(rows)
         table.loc[3, "text"] = missing
         message = error_of(ft.train, config, train=table, val=VAL, test=TEST)
-        assert "line 4, column 'text': empty text" in message and "DataFrame given as train=" in message
+        assert "the DataFrame given as train= to ft.train, row .iloc[3], column 'text': empty text" in message
 
 
 def test_bad_input_leaves_no_run_folder_and_never_exits(config):

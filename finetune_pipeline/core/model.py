@@ -126,7 +126,8 @@ def check_backbone_kind(backbone: str, backbone_config: PretrainedConfig, poolin
             "sentence-transformers/all-MiniLM-L6-v2 (the default), bert-base-uncased, roberta-base, xlm-roberta-base "
             "or microsoft/deberta-v3-small")
     model_type = backbone_config.model_type
-    decoder_only = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    decoder_only = (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                    and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
     if decoder_only and pooling == "cls":
         raise UserInputError(
             f"model.pooling 'cls' with model.backbone '{backbone}': {kind} is a decoder-only model, whose first token "

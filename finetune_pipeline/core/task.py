@@ -56,11 +56,16 @@ def missing(value: Any) -> bool:
         isinstance(value, str) and value.strip().lower() in MISSING_LABEL_SPELLINGS)
 
 
+def as_json(value: Any) -> str:
+    """A value as the data holds it, for messages: JSON, text as text."""
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
 def label_name(value: Any, where: str) -> str:
     """A class name: a string without surrounding whitespace; 1 and 1.0 both become '1', whether a JSON or Parquet
     number or a CSV cell's text (a spreadsheet may write 1.0 where it was given 1)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise UserInputError(f"{where}: a label must be a string or an integer, got {json.dumps(value, default=str, ensure_ascii=False)}")
+        raise UserInputError(f"{where}: a label must be a string or an integer, got {as_json(value)}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     name = str(value).strip()  # ' positive' and 'positive' are one label
@@ -111,7 +116,7 @@ class SingleLabelClassification:
     @staticmethod
     def read_label(value: Any, where: str, separator: str | None = None) -> str:
         if isinstance(value, (list, tuple, np.ndarray)):
-            raise UserInputError(f"{where}: the label is a list ({json.dumps(list(value), default=str, ensure_ascii=False)}): several "
+            raise UserInputError(f"{where}: the label is a list ({as_json(list(value))}): several "
                                  'labels per text are a multi-label task; set "task": "multi_label" in the config')
         if missing(value):
             raise UserInputError(f"{where}: missing label ({value!r}); remove the row or label it")
@@ -342,7 +347,7 @@ class Regression:
         except (TypeError, ValueError):
             number = math.nan
         if isinstance(value, bool) or not math.isfinite(number):
-            raise UserInputError(f"{where}: the regression target {json.dumps(value, default=str, ensure_ascii=False)} is not a number; "
+            raise UserInputError(f"{where}: the regression target {as_json(value)} is not a number; "
                                  "fix the value, or if the column holds classes, use the default \"task\": "
                                  "\"single_label\"")
         return number

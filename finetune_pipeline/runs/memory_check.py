@@ -104,8 +104,10 @@ def add_rerun_command(error: OutOfMemory, config_file: str | None, overrides: di
 
 def set_arguments(overrides: dict[str, Any]) -> list[str]:
     """{'training.batch_size': 2} -> ['--set', 'training.batch_size=2'], values written as --set reads them."""
-    return [part for key, value in overrides.items()
-            for part in ("--set", f"{key}={value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}")]
+    def written(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    return [part for key, value in overrides.items() for part in ("--set", f"{key}={written(value)}")]
 
 
 def run_preflight(

@@ -212,7 +212,7 @@ def predict_file(
     encoding: str | None = None,
 ) -> PredictedFile:
     """Label every text of input_file and write output_file: every input row in its order, with all its columns,
-    followed by the prediction's (label, prob_<label>; see prediction_columns). A row with an empty text is
+    followed by the prediction's (label, prob_<label>; see output_rows). A row with an empty text is
     written unlabelled rather than stopping the file. The column, delimiter and encoding not given are the run's."""
     input_file, output_file = Path(input_file), Path(output_file)
     if output_file.suffix.lower() not in OUTPUT_SUFFIXES:
