@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.errors import SYSTEM_FAULT_FIXES, UserInputError
 from finetune_pipeline.runtime.faults import fault_point
 
 # mkstemp creates files readable by the owner only; finished artifacts get the usual permissions.
@@ -90,7 +90,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "package writes only tensors and plain types: the file was not written by it, or was altered; use the "
             "run's own checkpoint, or train again"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:  # a zip archive cut short, a file that is not a checkpoint
+    except (RuntimeError, EOFError, OSError) as err:  # cut short (torch: EINVAL on its seek), or not a checkpoint
+        if isinstance(err, OSError) and err.errno in SYSTEM_FAULT_FIXES:
+            raise  # the machine's refusal (permission, I/O): the CLI words it as one (exit 5)
         raise UserInputError(
             f"{path}: not a readable checkpoint ({type(err).__name__}), most likely cut short (a copy or a disk that "
             "stopped mid-file); its run folder's other checkpoint (best_model.pt or final_model.pt) may be whole, "

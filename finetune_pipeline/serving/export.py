@@ -15,12 +15,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from finetune_pipeline.core.data import load_splits
+from finetune_pipeline.core.data import Example, load_splits
 from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts, run_lock
 from finetune_pipeline.runs.run_record import read_run_files
 from finetune_pipeline.serving import hf_folder, onnx_folder
+from finetune_pipeline.serving.inference import load_classifier, score_examples
 
 EXPORT_DIR, HF_DIR, ONNX_DIR = artifacts.EXPORT_DIR, artifacts.HF_DIR, artifacts.ONNX_DIR
 FORMATS = {"hf": (HF_DIR,), "onnx": (ONNX_DIR,), "all": (HF_DIR, ONNX_DIR)}  # --format -> the folders written
@@ -54,12 +55,16 @@ def export_run(run_dir: Path, export_format: str = "hf", checkpoint: str = "best
                              "write (--output on the command line, output= in Python)") from None
     for leftover in [*root.glob(".*.tmp"), *root.glob(".*.old")]:  # a killed export's half-written folders
         shutil.rmtree(leftover, ignore_errors=True)
+    try:  # read once, scored through each format written
+        test, unreadable = load_splits(run.config.data, run.config.seed, type(run.task)).test, None
+    except UserInputError as error:  # the data moved since training: the export is still whole
+        test, unreadable = None, str(error)
     built: dict[str, Path] = {}
     try:
         for name in formats:
             built[name] = temporary_sibling(root / name)
             writers[name](built[name])
-            record_own_score(built[name], name, run)
+            record_own_score(built[name], name, run, test, unreadable)
             finish_files(built[name])
         for name, temporary in built.items():
             replace_folder(temporary, root / name)
@@ -69,17 +74,14 @@ def export_run(run_dir: Path, export_format: str = "hf", checkpoint: str = "best
     return {name: root / name for name in formats}
 
 
-def record_own_score(folder: Path, name: str, run: artifacts.LoadedRun) -> None:
-    """Score the run's test split through the written folder itself (transformers or onnxruntime, float32 on the
-    CPU) and say so in it: the model card's last section, or the ONNX folder's export_info.json. What a user of the
-    export gets, measured, next to what the run recorded."""
-    from finetune_pipeline.serving.inference import load_classifier, score_examples  # it reads export folders
-
+def record_own_score(folder: Path, name: str, run: artifacts.LoadedRun, test: list[Example] | None,
+                     unreadable: str | None) -> None:
+    """Score the run's test split (None where it cannot be read: unreadable says why) through the written folder
+    itself (transformers or onnxruntime, float32 on the CPU) and say so in it: the model card's last section, or
+    the ONNX folder's classifier.json. What a user of the export gets, measured, next to what the run recorded."""
     metric = run.config.training.metric
-    try:
-        test = load_splits(run.config.data, run.config.seed, type(run.task)).test
-    except UserInputError as error:  # the data moved since training: the export is still whole
-        measured, words = None, f"Not measured: the run's test data cannot be read here ({error})."
+    if test is None:
+        measured, words = None, f"Not measured: the run's test data cannot be read here ({unreadable})."
     else:
         runtime = "onnx" if name == ONNX_DIR else "torch"
         measured = score_examples(load_classifier(folder, artifacts.BEST_MODEL_FILE, runtime), test,
@@ -91,8 +93,8 @@ def record_own_score(folder: Path, name: str, run: artifacts.LoadedRun) -> None:
                  f"{'unknown' if recorded is None else f'{recorded:.4f}'} for its best checkpoint, in its own "
                  "precision and batches.")
     if name == ONNX_DIR:
-        onnx_folder.add_info(folder, {"measured_through_export": {"test_examples": len(test), metric: measured[metric]}
-                                      if measured else None})
+        onnx_folder.add_info(folder, {"measured_through_export": None if test is None else
+                                      {"test_examples": len(test), metric: measured[metric]}})
     else:
         with (folder / hf_folder.CARD_FILE).open("a", encoding="utf-8") as card:
             card.write(f"\n## Measured through this export\n\n{words}\n")

@@ -151,11 +151,13 @@ def evaluate_file(
 
 def checked_format(delimiter: str | None, encoding: str | None) -> tuple[str | None, str | None]:
     """--delimiter and --encoding as the config checks data.delimiter and data.encoding."""
-    try:
-        return check_delimiter(delimiter), check_encoding(encoding)
-    except ValueError as error:
-        option = "--delimiter" if "delimiter" in str(error) else "--encoding"
-        raise UserInputError(f"{option} {delimiter if option == '--delimiter' else encoding!r}: {error}") from None
+    checked = []
+    for option, value, check in (("--delimiter", delimiter, check_delimiter), ("--encoding", encoding, check_encoding)):
+        try:
+            checked.append(check(value))
+        except ValueError as error:
+            raise UserInputError(f"{option} {value!r}: {error}") from None
+    return checked[0], checked[1]
 
 
 def score_examples(classifier: Classifier, examples: list[Example], batch_size: int) -> dict[str, Any]:
