@@ -81,6 +81,23 @@ def test_the_same_dataframe_gives_the_same_sha256_and_another_dataframe_another(
     assert any(warning.startswith("data differs") for warning in result.warnings)
 
 
+def test_the_same_rows_as_csv_parquet_or_a_dataframe_are_the_same_data(config, tmp_path):
+    as_csv, as_parquet = tmp_path / "train.csv", tmp_path / "train.parquet"
+    TRAIN.to_csv(as_csv, index=False)
+    TRAIN.to_parquet(as_parquet)
+    runs = [ft.train(config, train=train, val=VAL, test=TEST) for train in (TRAIN, as_csv, as_parquet)]
+    entries = [run.metrics["data_files"]["train"] for run in runs]
+    assert len({entry["rows_sha256"] for entry in entries}) == 1  # the rows read
+    assert len({entry["sha256"] for entry in entries}) == 3  # the bytes stored
+    assert not [warning for warning in ft.compare(runs).warnings if warning.startswith("data differs")]
+    # a run recorded before rows were hashed: every run is checked by its file's bytes, which differ
+    metrics = runs[2].metrics | {"data_files": {split: entry and {key: value for key, value in entry.items()
+                                                                   if key != "rows_sha256"}
+                                                for split, entry in runs[2].metrics["data_files"].items()}}
+    (runs[2].dir / "metrics.json").write_text(json.dumps(metrics))
+    assert [warning for warning in ft.compare(runs).warnings if warning.startswith("data differs")]
+
+
 def test_train_given_without_val_and_test_carves_them_out_of_it(config):
     config["data"] = {"max_length": 32}  # the default dataset's files: with train data of its own, val and test go
     run = ft.train(config, train=frame(toy_rows(60, seed=1)))

@@ -185,6 +185,7 @@ def test_a_datasets_folder_trains_end_to_end(make_config, tmp_path):
 
     scores, _ = evaluate_file(run_dir, f"{folder}@test", None, None, "folder")
     assert scores["examples"] == 16 and scores["data_sha256"] == metrics["data_files"]["test"]["sha256"]
+    assert scores["data_rows_sha256"] == metrics["data_files"]["test"]["rows_sha256"]
 
 
 @pytest.mark.parametrize("suffix, module", [(".parquet", "pyarrow.parquet"), (".xlsx", "openpyxl")])

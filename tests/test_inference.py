@@ -278,15 +278,30 @@ def test_predict_file_keeps_every_row_in_order_and_leaves_an_empty_text_unlabell
         ("good film", False), ("", True), ("bad plot", False)]
 
 
+EVALUATED_MODES = {  # training section -> how evaluate reads the file
+    "frozen": ({}, "the run's backbone features of the file (cache: hit)"),
+    "frozen, cache deleted": ({}, "the run's backbone features of the file (cache: miss)"),
+    "top layer": ({"freeze_backbone": False, "train_top_layers": 1},
+                  "the run's hidden states entering layer 1 of the file (cache: hit)"),
+    "whole backbone": ({"freeze_backbone": False}, "the model on the file"),
+}
+
+
+@pytest.mark.parametrize("mode", EVALUATED_MODES)
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-def test_evaluate_on_a_frozen_runs_own_files_gives_exactly_its_metrics(make_config, precision):
-    """Whatever the CPU does with bf16: the run's own test and val files are scored on the features the run
-    scored (its feature cache), in its batches, so every metric is the run's, digit for digit."""
-    run_dir = run_training(make_config(training={"mixed_precision": precision, "epochs": 2}))
+def test_evaluate_on_a_runs_own_files_gives_exactly_its_metrics(make_config, precision, mode):
+    """Whatever the CPU does with bf16: the run's own test and val files are read as the run's loop read them
+    (cached features or hidden states, found in the cache or computed split by split as the run computed them),
+    in its batches, so every metric is the run's, digit for digit."""
+    training, read_as = EVALUATED_MODES[mode]
+    config = make_config(training={"mixed_precision": precision, "epochs": 2, **training})
+    run_dir = run_training(config)
+    if mode == "frozen, cache deleted":
+        shutil.rmtree(config.output.cache_dir)
     recorded = json.loads((run_dir / "metrics.json").read_text())
     data = json.loads((run_dir / artifacts.CONFIG_FILE).read_text())["data"]
     test, _ = evaluate_file(run_dir, Path(data["test_file"]))
-    assert test["inputs"] == "the run's cached backbone features of the file"
+    assert test["inputs"] == read_as + ("" if mode == "whole backbone" else ", as the run scored its splits")
     assert {key: test[key] for key in recorded["test_metrics"]} == recorded["test_metrics"]
     val, _ = evaluate_file(run_dir, Path(data["val_file"]))
     assert val["accuracy"] == recorded["best_val_score"]

@@ -141,16 +141,6 @@ def encode_texts(
     return input_ids, lengths
 
 
-def concatenate(splits: list[TokenizedSplit]) -> TokenizedSplit:
-    """One split holding the examples of several, in order (to run the backbone over them in one pass)."""
-    return TokenizedSplit(
-        input_ids=[ids for split in splits for ids in split.input_ids],
-        labels=[label for split in splits for label in split.labels],
-        pad_token_id=splits[0].pad_token_id,
-        untruncated_lengths=[length for split in splits for length in split.untruncated_lengths],
-    )
-
-
 def length_statistics(split: TokenizedSplit, max_length: int) -> dict[str, float]:
     """Token counts before truncation, and how many texts max_length cuts."""
     lengths = np.array(split.untruncated_lengths)

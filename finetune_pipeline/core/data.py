@@ -7,6 +7,8 @@ Every problem in a file is reported with the file, the line and the column, beca
 who gets "KeyError: 'text'" from deep inside a library learns nothing.
 """
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ class Splits:
     val: list[Example]
     test: list[Example]
     label_names: list[str]  # the head's outputs: classes or labels (id i is label_names[i]), or the target's name
+    rows_sha256: dict[str, str | None]  # each configured file's rows as read (rows_sha256); None: a carved split
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -44,6 +47,8 @@ def load_splits(data: DataConfig, seed: int, task: type[Task] = SingleLabelClass
     test = read_split(data, "test", data.test_file, task) if data.test_file else None
     val = read_split(data, "val", data.val_file, task) if data.val_file else None
     label_names = label_names_from(train, data.train_file, task, data.columns.train.label_column or data.label_column)
+    identities = {name: None if split is None else rows_sha256(split)
+                  for name, split in (("train", train), ("val", val), ("test", test))}
     if test is None:
         train, test = carved_split(train, data.test_fraction, seed, "test", data.train_file, task)
     if val is None:
@@ -52,7 +57,18 @@ def load_splits(data: DataConfig, seed: int, task: type[Task] = SingleLabelClass
         train, val = carved_split(train, remaining_fraction, seed, "val", data.train_file, task)
     for name, split, path in (("val", val, data.val_file), ("test", test, data.test_file)):
         check_labels_seen_in_train(split, label_names, name, path or data.train_file, task)
-    return Splits(train=train, val=val, test=test, label_names=label_names)
+    return Splits(train=train, val=val, test=test, label_names=label_names, rows_sha256=identities)
+
+
+def rows_sha256(examples: list[Example]) -> str:
+    """One hash of the rows as read, in order: each text, its pair and its label as the task reads it. The same
+    rows stored as CSV, Parquet or a DataFrame hash alike (the file's bytes do not); an edited text or label, or
+    the rows in another order, do not."""
+    digest = hashlib.sha256()
+    for example in examples:
+        row = [example.text, example.text_pair, example.label]
+        digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from finetune_pipeline.core.batching import TokenizedSplit, concatenate, evaluation_batches
+from finetune_pipeline.core.batching import TokenizedSplit, evaluation_batches
 from finetune_pipeline.core.device import Placement, Precision, autocast
 from finetune_pipeline.core.freeze_proof import tensor_sha256
 from finetune_pipeline.core.model import TextClassifier
@@ -29,7 +29,7 @@ from finetune_pipeline.runtime.faults import fault_point
 from finetune_pipeline.runtime.files import load_checkpoint, save_torch
 from finetune_pipeline.runtime.run_log import log_event
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: each split's features extracted alone (1 mixed the splits in one pass)
 
 
 @dataclass
@@ -124,21 +124,20 @@ def extract_missing(
 ) -> dict[str, tuple[torch.Tensor, str, Path]]:
     """found with the missing features filled in and stored.
 
-    The missing splits are extracted together, in one pass over the backbone: their texts are sorted by
-    length across splits, so there are fewer, fuller batches than split by split.
+    Each split is extracted alone, in its own batches: under bf16 a text's features depend a little on the
+    batch it ran in, so features made from one split alone are what its cache key says, the same for every run
+    and for `finetune evaluate` on that split's file.
     """
-    missing = [name for name, (features, _, _) in found.items() if features is None]
     found = dict(found)
-    if missing:
+    for name, (features, status, path) in found.items():
+        if features is not None:
+            continue
         started = time.perf_counter()
-        extracted = extract(concatenate([splits[name] for name in missing]))
-        log_event("feature_extraction", splits=",".join(missing), examples=len(extracted),
-                  seconds=time.perf_counter() - started)
-        for name, features in zip(missing, extracted.split([len(splits[name]) for name in missing]), strict=True):
-            _, status, path = found[name]
-            if world().is_main:  # under torchrun, one process writes
-                store(cache_dir, path, keys[name], features.clone())  # clone: a view would save the whole tensor
-            found[name] = (features, status, path)
+        features = extract(splits[name])
+        log_event("feature_extraction", split=name, examples=len(features), seconds=time.perf_counter() - started)
+        if world().is_main:  # under torchrun, one process writes
+            store(cache_dir, path, keys[name], features)
+        found[name] = (features, status, path)
     return found
 
 

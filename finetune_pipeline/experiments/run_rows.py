@@ -121,12 +121,22 @@ def run_label(record: RunRecord, seed: int | None) -> str:
     return f"{member} (seed {seed})" if member is not None else record.run_dir.name
 
 
-def data_identity(record: RunRecord) -> dict[str, str | None] | None:
-    """split -> sha256 of its file (None for a split carved out of the train file); None for runs without it."""
+def data_identity(record: RunRecord, by: str = "rows_sha256") -> dict[str, str | None] | None:
+    """split -> the hash of its data that `by` names (None for a split carved out of the train file); None for runs
+    without it. by: "rows_sha256", the rows read (a run recorded before rows were hashed gives its file's), or
+    "sha256", the file's bytes."""
     data_files = record.measured.data_files
     if data_files is None:
         return None
-    return {split: (entry or {}).get("sha256") for split, entry in data_files.items()}
+    return {split: None if entry is None else entry.get(by, entry.get("sha256")) for split, entry in data_files.items()}
+
+
+def data_identities(records: list[RunRecord]) -> list[dict[str, str | None] | None]:
+    """Each run's data identity, all by the same hash: the rows read, or the files' bytes where a run recorded
+    only those (the same rows in another file format then count as other data)."""
+    by_rows = all("rows_sha256" in entry for record in records
+                  for entry in (record.measured.data_files or {}).values() if entry is not None)
+    return [data_identity(record, "rows_sha256" if by_rows else "sha256") for record in records]
 
 
 def backbone_identity(record: RunRecord) -> dict[str, Any] | None:

@@ -17,12 +17,28 @@ from finetune_pipeline.core.config import DataConfig
 PACKAGE_NAME = "finetune-pipeline"
 
 
-def data_fingerprints(data: DataConfig) -> dict[str, dict[str, str] | None]:
-    """sha256 of each split's source (a file, a datasets folder, a hub split); None for a split carved out of
-    the train file."""
+def data_fingerprints(data: DataConfig, rows_sha256: dict[str, str | None]) -> dict[str, dict[str, str] | None]:
+    """Each split's source (a file, a datasets folder, a hub split): its path, the sha256 of its bytes (what
+    `sha256sum` prints) and of its rows as read (data.rows_sha256: what identifies the data); None for a split
+    carved out of the train file."""
     files = {"train": data.train_file, "val": data.val_file, "test": data.test_file}
-    return {split: None if path is None else {"path": path, "sha256": readers.source_sha256(path, split)}
+    return {split: None if path is None else {"path": path, "sha256": readers.source_sha256(path, split),
+                                              "rows_sha256": rows_sha256[split]}
             for split, path in files.items()}
+
+
+def data_changes(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """The splits whose data differ from what a run recorded."""
+    recorded = recorded or {}
+    return [split for split, now in current.items() if not same_source(recorded.get(split), now)]
+
+
+def same_source(then: dict[str, str] | None, now: dict[str, str] | None) -> bool:
+    """By the rows read; a run recorded before rows were hashed, by the file's bytes."""
+    if then is None or now is None:
+        return then is now
+    key = "rows_sha256" if "rows_sha256" in then else "sha256"
+    return then[key] == now[key]
 
 
 def code_version() -> dict[str, Any]:

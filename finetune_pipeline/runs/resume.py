@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from finetune_pipeline.core.config import Config, config_from_dict
+from finetune_pipeline.core.data import load_splits
 from finetune_pipeline.core.model import TextClassifier
+from finetune_pipeline.core.task import task_type
 from finetune_pipeline.core.training import TrainingState
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts, run_lock
-from finetune_pipeline.runs.provenance import code_version, data_fingerprints
+from finetune_pipeline.runs.provenance import code_version, data_changes, data_fingerprints
 from finetune_pipeline.runs.run_record import read_run_files
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime import files
@@ -76,9 +78,11 @@ def check_resumable(run_dir: Path, force: bool) -> tuple[Config, RunMetrics, dic
     if config.fingerprint() != metrics.config_hash:
         raise UserInputError(f"{where}: {artifacts.CONFIG_FILE} was changed after the run started (its hash no "
                              f"longer matches metrics.json); a changed config is a new run: {rerun}")
-    if data_fingerprints(config.data) != metrics.data_files:
-        raise UserInputError(f"{where}: the data files changed since the run started (sha256 differs from "
-                             f"metrics.json data_files); resuming would mix two datasets: start a new run, {rerun}")
+    current = data_fingerprints(config.data, load_splits(config.data, config.seed, task_type(config)).rows_sha256)
+    if changed := data_changes(metrics.data_files, current):
+        raise UserInputError(f"{where}: the {' and '.join(changed)} data changed since the run started (the rows read "
+                             f"differ from metrics.json data_files); resuming would mix two datasets: start a new "
+                             f"run, {rerun}")
     recorded, current = metrics.code_version or {}, code_version()
     if recorded.get("source_sha256") != current["source_sha256"] and not force:
         raise UserInputError(f"{where}: the code changed since the run started (source sha256 "

@@ -240,7 +240,7 @@ def initial_metrics(prepared: PreparedRun, kept: dict[str, Any]) -> RunMetrics:
         "language_warning": prepared.language_warning,
         "seed": config.seed,
         "config_hash": config.fingerprint(),
-        "data_files": data_fingerprints(config.data),
+        "data_files": data_fingerprints(config.data, splits.rows_sha256),
         "data_sources": describe_sources(config.data, config.seed, type(prepared.task)),
         "code_version": code_version(),
         "device": str(prepared.placement.device),

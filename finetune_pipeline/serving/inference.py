@@ -19,23 +19,24 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from finetune_pipeline.core.batching import TokenizedSplit, tokenize_split
+from finetune_pipeline.core.batching import InputSplit, TokenizedSplit, tokenize_split
 from finetune_pipeline.core.config import check_delimiter, check_encoding
 from finetune_pipeline.core.data import (
     Example,
     check_labels_seen_in_train,
     read_labelled_file,
     reading_of_file,
+    rows_sha256,
 )
 from finetune_pipeline.core.device import Placement, Precision, resolve_precision
 from finetune_pipeline.core.evaluation import evaluate, predict_logits
-from finetune_pipeline.core.feature_cache import FeatureSplit, cache_key, lookup
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.core.task import Task
-from finetune_pipeline.core.training_mode import TrainingMode
+from finetune_pipeline.core.training_mode import Cached, TrainingMode
 from finetune_pipeline.core.readers import FileSettings, Record, check_file, decode, read_records, source_sha256
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, EXPORT_DIR, ONNX_DIR, LoadedRun, load_run
+from finetune_pipeline.runs.run_inputs import mode_inputs
 from finetune_pipeline.runs.run_record import read_run_files
 from finetune_pipeline.runtime.files import write_atomically, write_json
 from finetune_pipeline.serving import hf_folder, onnx_folder
@@ -130,16 +131,14 @@ def evaluate_file(
     check_labels_seen_in_train(examples, run.label_names, "evaluation", str(data_file), kind)
     split = tokenize_split(examples, run.task.encode, run.tokenizer, data.max_length)
     placement = Placement(CPU, precision)
-    features = cached_features(run, split, placement)
-    # the batches of the run's own test evaluation, and for a frozen run the very features it scored: the run's
-    # own test file gives exactly its test metrics
-    metrics = evaluate(run.model, split if features is None else features, run.task,
-                       run.config.training.eval_batch_size, placement)
+    inputs, read_as = as_the_run_read(run, split, placement)
+    metrics = evaluate(run.model, inputs, run.task, run.config.training.eval_batch_size, placement)
     metrics.update(
         examples=len(examples),
-        inputs="the model on the file" if features is None else "the run's cached backbone features of the file",
+        inputs=read_as,
         data_file=str(data_file.resolve()),
         data_sha256=source_sha256(str(data_file), EVALUATE_SETTINGS.role),  # as a run hashes its data, folders too
+        data_rows_sha256=rows_sha256(examples),  # the run's own test rows give its data_files.test.rows_sha256
         checkpoint=checkpoint,
         task=run.task.name,
         label_names=run.label_names,
@@ -166,17 +165,19 @@ def score_examples(classifier: Classifier, examples: list[Example], batch_size: 
     return classifier.task.metrics(classifier.logits(split, batch_size), split.labels, classifier.thresholds)
 
 
-def cached_features(run: LoadedRun, split: TokenizedSplit, placement: Placement) -> FeatureSplit | None:
-    """A frozen run scored its splits on backbone features computed once, in batches that mixed its splits: with
-    bf16 the model run again on one file alone rounds differently. When the feature cache holds this file's
-    features (a run's own split files), these are the numbers the run scored."""
-    backbone_sha256 = run.metrics.backbone_sha256
-    if not TrainingMode.of(run.config).caches_features or backbone_sha256 is None:
-        return None
-    model = run.config.model
-    key = cache_key(split, model.backbone, backbone_sha256, model.pooling, placement.precision, placement.device)
-    features, _, _ = lookup(Path(run.config.output.cache_dir), key)
-    return None if features is None else FeatureSplit(features, torch.tensor(split.labels), split.lengths)
+def as_the_run_read(run: LoadedRun, split: TokenizedSplit, placement: Placement) -> tuple[InputSplit, str]:
+    """The file as the run's training loop read its own splits, and which way that was: a frozen run scored the
+    head on its feature cache's backbone features, a train_top_layers run the top layers on cached hidden states
+    (float16). Read (or computed split by split and cached) the same way here, the run's own split files give
+    exactly the run's metrics. An export does not know its backbone's fingerprint: the model runs on the file."""
+    backbone_sha256, mode = run.metrics.backbone_sha256, TrainingMode.of(run.config)
+    if mode.cached is Cached.NOTHING or backbone_sha256 is None:
+        return split, "the model on the file"
+    mode = mode.with_layers(run.model.backbone.config)
+    (inputs, status), = mode_inputs(mode, run.model, run.config, placement, backbone_sha256,
+                                    {"evaluation": split}).values()
+    cached = "backbone features" if mode.caches_features else f"hidden states entering layer {mode.first_trained_layer}"
+    return inputs, f"the run's {cached} of the file (cache: {status}), as the run scored its splits"
 
 
 def evaluation_path(run_dir: Path, name: str) -> Path:
