@@ -16,7 +16,7 @@ import torch
 from huggingface_hub import metadata_load
 
 from finetune_pipeline import cli
-from finetune_pipeline.core.config import DEFAULT_BACKBONE
+from finetune_pipeline.core.config import DEFAULT_BACKBONE, without_machine_paths
 from finetune_pipeline.errors import EXIT_BAD_INPUT, UserInputError
 from finetune_pipeline.runs import artifacts
 from finetune_pipeline.runs.run import run_training
@@ -163,9 +163,10 @@ def test_the_model_card(run_dir, exported):
     assert "text-classification" in front_matter["tags"]
     assert "base_model" not in front_matter  # the tiny backbone is a local folder, not a hub id
     metrics, config = read_metrics(run_dir), json.loads((run_dir / "config.json").read_text())
-    assert "`neg`, `pos`" in card and f"`{config['model']['backbone']}`" in card
+    # absolute paths here (tmp folders): shown by their names, where they lay on this machine is not exported
+    assert "`neg`, `pos`" in card and f"`{Path(config['model']['backbone']).name}`" in card
     for split, file in metrics["data_files"].items():
-        assert file["sha256"] in card and file["path"] in card, split
+        assert file["sha256"] in card and f"`{Path(file['path']).name}`" in card, split
     for split in ("val", "test"):
         scores = metrics[f"{split}_metrics"]
         assert f"| {split} | {scores['accuracy']:.4f} | {scores['macro_f1']:.4f} |" in card
@@ -173,7 +174,7 @@ def test_the_model_card(run_dir, exported):
             assert (f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"
                     in card)
     effective = card.split("```json\n", 1)[1].split("\n```", 1)[0]
-    assert json.loads(effective) == config
+    assert json.loads(effective) == without_machine_paths(config)
     assert "no requested, no used" in card and "device: cpu" in card
     assert datetime.date.today().isoformat() in card
     assert "cut at 32 tokens" in card and "Language:" in card
@@ -311,6 +312,9 @@ def test_predict_names_the_runtime_an_export_folder_needs(run_dir, exported, tmp
     assert "finetune export RUN_DIR --format onnx" in capsys.readouterr().err
 
 
+TEXT_SUFFIXES = (".json", ".md", ".py", ".txt")
+
+
 def test_a_killed_exports_leftovers_are_removed_by_the_next_and_no_machine_path_is_exported(run_dir, tmp_path,
                                                                                              tiny_backbone_dir):
     root = tmp_path / "out"
@@ -322,7 +326,17 @@ def test_a_killed_exports_leftovers_are_removed_by_the_next_and_no_machine_path_
     assert sorted(path.name for path in root.iterdir()) == ["hf"]
     encoder_config = json.loads((folders["hf"] / "config.json").read_text())["encoder_config"]
     assert encoder_config.get("_name_or_path", "") == ""  # where the backbone was read from on this machine
-    assert str(tiny_backbone_dir) not in json.dumps(encoder_config)
+    # the run's data, backbone and output folders are absolute paths here: no exported file names them
+    plain = json.loads((run_dir / "config.json").read_text())
+    machine_paths = [plain["model"]["backbone"], *(plain["data"][f"{split}_file"] for split in ("train", "val", "test")),
+                     plain["output"]["cache_dir"], plain["output"]["artifacts_root"], str(tiny_backbone_dir)]
+    assert all(Path(path).is_absolute() for path in machine_paths)
+    folders |= export_run(run_dir, "onnx", output=root)
+    for path in [path for folder in folders.values() for path in folder.rglob("*") if path.suffix in TEXT_SUFFIXES]:
+        text = path.read_text(encoding="utf-8")
+        assert not [machine for machine in machine_paths if machine in text], path
+    assert json.loads((folders["hf"] / "config.json").read_text())["finetune_pipeline"]["config"]["data"][
+        "train_file"] == Path(plain["data"]["train_file"]).name
 
 
 def test_each_export_states_its_own_score_measured_through_it(run_dir, exported):

@@ -353,6 +353,27 @@ class Config(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# The keys whose value may be a path on the training machine (model.backbone: a local folder, or a hub id).
+PATH_KEYS = {"data": ("train_file", "val_file", "test_file"), "model": ("backbone",),
+             "output": ("artifacts_root", "cache_dir")}
+
+
+def without_machine_paths(plain: dict[str, Any]) -> dict[str, Any]:
+    """A plain config as an export shows it: each absolute path (or ~/...) by its last name, since where a file lay
+    on the training machine means nothing elsewhere and may name its user; relative paths (within the project)
+    and hub ids stay as they are."""
+    shown = copy.deepcopy(plain)
+    for section, keys in PATH_KEYS.items():
+        for key in keys:
+            if isinstance(value := shown.get(section, {}).get(key), str):
+                shown[section][key] = portable_path(value)
+    return shown
+
+
+def portable_path(value: str) -> str:
+    return Path(value).name if value.startswith("~") or Path(value).is_absolute() else value
+
+
 def key_table() -> str:
     """The README's table of every key, its default and what it does, generated from this schema (the one
     place that holds them; a test checks the README against it)."""

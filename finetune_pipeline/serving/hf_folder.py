@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
-from finetune_pipeline.core.config import config_from_dict
+from finetune_pipeline.core.config import config_from_dict, without_machine_paths
 from finetune_pipeline.core.model import build_classifier
 from finetune_pipeline.core.task import loaded_task
 from finetune_pipeline.core.training_mode import TrainingMode
@@ -61,7 +61,7 @@ def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_co
         label_thresholds=None if thresholds is None else thresholds.tolist(),
         **({"target_mean": run.task.target_mean, "target_std": run.task.target_std}
            if run.task.name == "regression" else {}),
-        **{RUN_KEY: {**source, "config": run.config.to_plain(), "task": run.task.record()}},
+        **{RUN_KEY: {**source, "config": without_machine_paths(run.config.to_plain()), "task": run.task.record()}},
     )
     model = model_class(config)
     model.load_state_dict(renamed(state, PACKAGE_PREFIX, EXPORT_PREFIX))  # strict: every weight

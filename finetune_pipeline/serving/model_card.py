@@ -14,7 +14,7 @@ from typing import Any
 
 from huggingface_hub import ModelCardData, metadata_load, try_to_load_from_cache
 
-from finetune_pipeline.core.config import TASK_METRICS, Config
+from finetune_pipeline.core.config import TASK_METRICS, Config, portable_path, without_machine_paths
 from finetune_pipeline.core.model import resolve_backbone
 from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.runs.artifacts import BEST_MODEL_FILE, LoadedRun
@@ -27,6 +27,7 @@ def model_card(run: LoadedRun, source: dict[str, str], run_config_file: dict[str
     """source: {"run_dir": its name, "checkpoint": the file exported}; run_config_file: the run's config.json."""
     config, metrics = run.config, run.metrics
     backbone = config.model.backbone
+    shown_backbone = portable_path(backbone)  # a local folder by its name: the path is this machine's
     language = backbone_language(backbone)
     front_matter = ModelCardData(
         library_name="transformers", pipeline_tag="text-classification",
@@ -38,7 +39,7 @@ def model_card(run: LoadedRun, source: dict[str, str], run_config_file: dict[str
     sections = [
         f"---\n{front_matter}\n---",
         f"# {'Text regression' if run.task.name == 'regression' else 'Text classifier'}: {', '.join(run.label_names)}",
-        f"Fine-tuned from `{backbone}` with finetune_pipeline: run `{source['run_dir']}`, checkpoint "
+        f"Fine-tuned from `{shown_backbone}` with finetune_pipeline: run `{source['run_dir']}`, checkpoint "
         f"`{source['checkpoint']}` (epoch {checkpoint_epoch(metrics, source['checkpoint'])}). "
         f"Exported on {date.today().isoformat()}.",
         "## Task",
@@ -56,9 +57,9 @@ def model_card(run: LoadedRun, source: dict[str, str], run_config_file: dict[str
         "## Training",
         training(metrics, backbone_training(config)),
         "Effective config (the run's config.json):",
-        f"```json\n{json.dumps(run_config_file, indent=2, ensure_ascii=False)}\n```",
+        f"```json\n{json.dumps(without_machine_paths(run_config_file), indent=2, ensure_ascii=False)}\n```",
         "## Limitations",
-        limitations(metrics, language, backbone, max_length),
+        limitations(metrics, language, shown_backbone, max_length),
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -124,7 +125,7 @@ def data_table(metrics: RunMetrics) -> str:
     rows = ["| split | examples | file | sha256 |", "| --- | ---: | --- | --- |"]
     for split, file in (metrics.data_files or {}).items():
         where = ("carved out of the train file (seeded, stratified)", "") if file is None else (
-            f"`{cell(file['path'])}`", f"`{file['sha256']}`")
+            f"`{cell(portable_path(file['path']))}`", f"`{file['sha256']}`")
         rows.append(f"| {split} | {(metrics.split_sizes or {})[split]:,} | {where[0]} | {where[1]} |")
     return "\n".join(rows)
 
