@@ -137,6 +137,7 @@ class Run:
         """What a notebook shows: the headline numbers, the precision really used, and curves.png."""
         return "\n".join([
             f"<p><b>Run {escape(str(self.dir))}</b>: {escape(self.measured.status)}</p>",
+            report.warnings_box(self.measured),
             report.headline_section(self.measured),
             report.precision_section(self.measured),
             png_tag(self.dir / CURVES_FILE, "train loss, val score and learning rate"),

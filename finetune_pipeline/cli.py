@@ -253,7 +253,7 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
         if force and not resume:
             raise UserInputError("--force needs the run folder named: --resume RUN_DIR --force")
         run_dir = Path(resume) if resume else newest_unfinished_run(Path(load_config(config_path).output.artifacts_root))
-        print(f"run folder: {resume_training(run_dir, force)}")
+        print_summary(resume_training(run_dir, force))
         return
     if force:
         raise UserInputError("--force goes with --resume RUN_DIR")
@@ -273,7 +273,15 @@ def train_command(config_path: str, assignments: list[str], dry_run: bool, resum
     except OutOfMemory as error:
         raise add_rerun_command(error, config_path, overrides) from None
     if distributed.launched().is_main:  # under torchrun, rank 0 alone reports
-        print(f"run folder: {run_dir}")
+        print_summary(run_dir)
+
+
+def print_summary(run_dir: Path) -> None:
+    from finetune_pipeline.runs.artifacts import METRICS_FILE
+    from finetune_pipeline.runs.baselines import summary_lines
+    from finetune_pipeline.runs.run_metrics import RunMetrics
+
+    print("\n".join([*summary_lines(RunMetrics.read(run_dir / METRICS_FILE)), f"run folder: {run_dir}"]))
 
 
 def under_torchrun() -> bool:
@@ -281,6 +289,8 @@ def under_torchrun() -> bool:
 
 
 def format_plan(plan: dict[str, Any]) -> str:
+    from finetune_pipeline.runs.baselines import describe_baselines
+
     precision = plan["mixed_precision"]
     training = plan["config"]["training"]
     sizes = plan["split_sizes"]
@@ -302,6 +312,8 @@ def format_plan(plan: dict[str, Any]) -> str:
                                                       for label, weight in plan["class_weights"].items())]
           if plan["class_weights"] else []),
         *([f"WARNING: {plan['imbalance_warning']}"] if plan["imbalance_warning"] else []),
+        f"baselines ({training['metric']} without reading the text): "
+        f"{describe_baselines(plan['baselines'], training['metric'])}",
         f"token lengths before truncation (max_length {plan['config']['data']['max_length']}):",
         *(f"  {name}: mean {stats['mean']:.1f}, median {stats['p50']:.0f}, p95 {stats['p95']:.0f}, "
           f"max {stats['max']}; truncated {stats['truncated']} ({stats['truncated_share']:.1%})"

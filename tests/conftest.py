@@ -102,3 +102,10 @@ def no_console_handler_left_behind():
     for handler in [handler for handler in logger.handlers if handler.get_name() == "console"]:
         logger.removeHandler(handler)
     logger.propagate = True  # the CLI turns it off; pytest's log capture needs it
+
+
+def without_score_flags(warnings: list[str]) -> list[str]:
+    """compare's warnings but the score flags (runs/baselines.py): the toy runs of tests that check something
+    else may well score no better than their baselines, and are rightly flagged for it."""
+    return [warning for warning in warnings
+            if "without reading the text" not in warning and "the model answers" not in warning]

@@ -18,7 +18,7 @@ import finetune_pipeline as ft
 from finetune_pipeline.experiments.compare import CSV_COLUMNS
 from finetune_pipeline.runs import memory_check
 from finetune_pipeline.runtime.run_log import logger
-from tests.conftest import REPO_ROOT, toy_rows, write_csv
+from tests.conftest import REPO_ROOT, toy_rows, without_score_flags, write_csv
 
 
 def frame(rows: list[tuple[str, str]], columns: tuple[str, str] = ("text", "label")) -> pd.DataFrame:
@@ -237,7 +237,7 @@ def test_compare_returns_compare_csv_as_a_table_and_warns_of_two_changed_factors
     assert result.table["run"].tolist() == [trained.dir.name, changed.dir.name]
     assert result.table["best_val_score"].tolist() == [trained.metrics["best_val_score"],
                                                        changed.metrics["best_val_score"]]
-    (warning,) = result.warnings
+    (warning,) = without_score_flags(result.warnings)
     assert "in 2 factors" in warning and "model.dropout" in warning and "model.hidden_dim" in warning
     assert result.resolution[0].startswith("val: 16 texts, one example = 0.0625")
     assert (result.dir / "compare.csv").is_file() and result.dir.parent.name == "comparisons"

@@ -26,7 +26,7 @@ from finetune_pipeline.experiments.seed_noise import (
 )
 from finetune_pipeline.experiments.stability import loss_stability
 from finetune_pipeline.runs.run import run_training
-from tests.conftest import deep_merge
+from tests.conftest import deep_merge, without_score_flags
 
 DATA_SHA = {"train": "a" * 64, "val": "b" * 64, "test": "c" * 64}
 BACKBONE_SHA = "d" * 64
@@ -311,7 +311,7 @@ def test_real_runs_differing_only_in_paths_and_one_factor_compare_cleanly(make_c
     wider = run_training(make_config(training=training, model={"hidden_dim": 32}))
 
     comparison = compare_runs([reference, moved, wider], tmp_path / "comparison")
-    assert comparison.warnings == []
+    assert without_score_flags(comparison.warnings) == []
     assert [row.differences for row in comparison.rows] == [{}, {}, {"model.hidden_dim": (16, 32)}]
     assert all(row.stability.value is not None and row.status == "completed" for row in comparison.rows)
     assert len(comparison.groups) == 2  # the reference and the moved copy are one config with one seed

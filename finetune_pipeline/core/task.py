@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import stats
+from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -192,7 +193,16 @@ class SingleLabelClassification:
 
     def metrics(self, logits: torch.Tensor, targets: list[Any], thresholds: torch.Tensor | None = None
                 ) -> dict[str, Any]:
-        return classification_metrics([int(target) for target in targets], self.decide(logits), self.label_names)
+        return self.scores(self.decide(logits), targets)
+
+    def scores(self, predicted: np.ndarray, targets: list[Any]) -> dict[str, Any]:
+        """The metrics of decisions (label ids), whoever made them: the model, or a baseline."""
+        return classification_metrics([int(target) for target in targets], predicted, self.label_names)
+
+    def baseline_predictors(self, seed: int) -> dict[str, Any]:
+        """What answers without reading the text (scikit-learn's dummy estimators, fit on the train targets)."""
+        return {"most frequent class": DummyClassifier(strategy="most_frequent"),
+                "stratified guess": DummyClassifier(strategy="stratified", random_state=seed)}
 
     def predictions(self, logits: torch.Tensor, thresholds: torch.Tensor | None = None
                     ) -> list[tuple[Any, dict[str, float] | None]]:
@@ -296,19 +306,29 @@ class MultiLabelClassification(SingleLabelClassification):
 
     def metrics(self, logits: torch.Tensor, targets: list[Any], thresholds: torch.Tensor | None = None
                 ) -> dict[str, Any]:
-        truth, predicted = np.asarray(targets, dtype=int), self.decide(logits, thresholds)
+        scores = self.scores(self.decide(logits, thresholds), targets)
+        for row, threshold in zip(scores["per_class"].values(), thresholds.tolist(), strict=True):
+            row["threshold"] = float(threshold)
+        return scores
+
+    def scores(self, predicted: np.ndarray, targets: list[Any]) -> dict[str, Any]:
+        """The metrics of decisions ((examples, labels) of 0/1), whoever made them: the model, or a baseline."""
+        truth, predicted = np.asarray(targets, dtype=int), np.asarray(predicted, dtype=int)
         precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, zero_division=0)
         return {
             "micro_f1": float(f1_score(truth, predicted, average="micro", zero_division=0)),
             "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
             "subset_accuracy": float(accuracy_score(truth, predicted)),  # every label of the text right
             "per_class": {
-                name: {"precision": float(p), "recall": float(r), "f1": float(f1_value), "support": int(s),
-                       "threshold": float(threshold)}
-                for name, p, r, f1_value, s, threshold in zip(self.label_names, precision, recall, f1, support,
-                                                              thresholds.tolist(), strict=True)
+                name: {"precision": float(p), "recall": float(r), "f1": float(f1_value), "support": int(s)}
+                for name, p, r, f1_value, s in zip(self.label_names, precision, recall, f1, support, strict=True)
             },
         }
+
+    def baseline_predictors(self, seed: int) -> dict[str, Any]:
+        """No label for any text, and each label drawn with its train share (seeded)."""
+        return {"all negative": DummyClassifier(strategy="constant", constant=np.zeros(self.num_outputs, dtype=int)),
+                "per-label prior": DummyClassifier(strategy="stratified", random_state=seed)}
 
     def predictions(self, logits: torch.Tensor, thresholds: torch.Tensor | None = None
                     ) -> list[tuple[Any, dict[str, float] | None]]:
@@ -391,7 +411,17 @@ class Regression:
 
     def metrics(self, logits: torch.Tensor, targets: list[Any], thresholds: torch.Tensor | None = None
                 ) -> dict[str, Any]:
-        truth, predicted = np.asarray(targets, dtype=np.float64), self.decide(logits)
+        return self.scores(self.decide(logits), targets)
+
+    @staticmethod
+    def baseline_predictors(seed: int) -> dict[str, Any]:
+        """The train split's mean for every text."""
+        return {"train mean": DummyRegressor(strategy="mean")}
+
+    @staticmethod
+    def scores(predicted: np.ndarray, targets: list[Any]) -> dict[str, Any]:
+        """The metrics of predicted numbers, whoever made them: the model, or a baseline."""
+        truth, predicted = np.asarray(targets, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
         constant = np.ptp(predicted) == 0 or np.ptp(truth) == 0  # a correlation is undefined: report 0
         shown = np.unique(np.linspace(0, len(truth) - 1, min(len(truth), POINTS_KEPT)).round().astype(int))
         return {

@@ -31,6 +31,7 @@ from finetune_pipeline.experiments.seed_noise import (
     run_labels,
 )
 from finetune_pipeline.runs.artifacts import METRICS_FILE
+from finetune_pipeline.runs.baselines import describe_baselines
 from finetune_pipeline.runs.run_record import RunRecord
 
 COMPLETED = "completed"
@@ -52,6 +53,8 @@ def find_warnings(records: list[RunRecord], rows: list[RunRow], samples: list[Sa
           for record, row in zip(records, rows, strict=True) for problem in describe_problems(record)),
         *(f"run {sample.label} is {sample.first.status}, not {COMPLETED}: its scores are partial or missing"
           for sample in samples if sample.first.status != COMPLETED),
+        *(f"run {row.label}: {flag}" for record, row in zip(records, rows, strict=True)
+          for flag in record.measured.score_flags or []),
         *factor_warnings(groups),
         *seed_warnings(groups),
         *provenance_warnings(labels, data_identities(sample_records), "data", "data_files",
@@ -111,6 +114,12 @@ def provenance_warnings(labels: list[str], identities: list[dict[str, Any] | Non
 def find_notes(records: list[RunRecord], rows: list[RunRow], samples: list[Sample],
                groups: list[SeedGroup]) -> list[str]:
     notes = [repeat_note(sample) for sample in samples if len(sample.rows) > 1]
+    reference = {id(row): record for record, row in zip(records, rows, strict=True)}[id(samples[0].first)] \
+        if samples else None
+    if reference is not None and (baselines := describe_baselines(reference.measured.baselines,
+                                                                   reference.measured.metric)):
+        notes.append(f"baselines of the reference {samples[0].label} ({reference.measured.metric_name} without "
+                     f"reading the text): {baselines}; a score must beat these to mean the model learned anything")
     notes += [verdict_note(group, groups[0], samples[0].first.split_sizes.get("val")) for group in groups[1:]
               if group.vs_reference in (BELOW_RESOLUTION, WITHIN_NOISE, BEYOND_NOISE)]
     notes += seed_advice(groups)

@@ -31,6 +31,7 @@ from finetune_pipeline.core.task import Task, build_task, imbalance_warning, tas
 from finetune_pipeline.core.training import optimizer_steps_per_epoch, seed_everything
 from finetune_pipeline.core.training_mode import Cached, TrainingMode
 from finetune_pipeline.errors import UserInputError
+from finetune_pipeline.runs.baselines import baseline_scores
 from finetune_pipeline.runs.memory_check import is_out_of_memory, out_of_memory, run_preflight
 from finetune_pipeline.runtime import distributed
 
@@ -171,6 +172,7 @@ def dry_run(config: Config) -> dict[str, Any]:
         "split_sizes": prepared.splits.sizes(),
         "label_names": prepared.splits.label_names,
         "label_distribution": distribution,
+        "baselines": baseline_scores(prepared.task, prepared.tokenized, config.seed),
         "class_weights": prepared.task.class_weight_table(),
         "imbalance_warning": imbalance_warning(distribution["train"], config),
         "token_lengths": token_lengths(prepared),

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from finetune_pipeline.core.config import Config, config_settings
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, example_worth
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, FREEZE_PROOF_FILE, METRICS_FILE, REPORT_FILE
+from finetune_pipeline.runs.baselines import describe_split_baselines
 from finetune_pipeline.runs.plots import plot_run_curves, regression_png
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runs.run_record import FileProblem, RunRecord, read_run_record
@@ -37,6 +38,8 @@ td.hit { background: #d9f2d9; } td.miss { background: #f8d7d7; }
 pre { background: #f6f6f6; padding: 0.8em; white-space: pre-wrap; }
 img { max-width: 100%; }
 """
+
+WARNINGS_STYLE = "border: 2px solid #c62828; background: #fdecea; color: #222; padding: 0.4em 1em; margin: 1em 0"
 
 STATUS_EXPLANATIONS = {
     "completed": "the run finished: trained, then tested once with the best checkpoint",
@@ -101,20 +104,34 @@ def status_section(run: RunRecord) -> str:
     ]
     if run.measured.error:
         parts.append(f"<pre>{escape(run.measured.error)}</pre>")
+    parts.append(warnings_box(run.measured))
     if run.problems:
         items = "".join(f"<li>{escape(describe_problem(problem))}</li>" for problem in run.problems)
         parts.append(missing("Missing or unreadable in this run folder:") + f'\n<ul class="missing">{items}</ul>')
     return "\n".join(parts)
 
 
+def warnings_box(metrics: RunMetrics) -> str:
+    """What the run warned of that its scores depend on (the texts' language, the score flags), in a red box; ''
+    without any. The notebook's run display shows it too (its own inline style: no page CSS there)."""
+    warnings = [*([metrics.language_warning] if metrics.language_warning else []), *(metrics.score_flags or [])]
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{escape(warning)}</li>" for warning in warnings)
+    return f'<div class="warnings" style="{WARNINGS_STYLE}"><strong>Warnings</strong>\n<ul>{items}</ul></div>'
+
+
 def headline_section(metrics: RunMetrics | None) -> str:
     if metrics is None:
         return missing(f"no {METRICS_FILE}: nothing was measured")
+    baselines = {split: describe_split_baselines(by_name, metrics.metric)
+                 for split, by_name in (metrics.baselines or {}).items() if metrics.metric}
     return key_value_table([
         ("metric", metrics.metric),
         ("best_val_score", metrics.best_val_score),
         ("best_epoch", metrics.best_epoch),
         ("test_score", metrics.test_score),
+        *((f"{split} baselines (without reading the text)", described) for split, described in baselines.items()),
         ("wall time", format_seconds(metrics.wall_time_s)),
         ("peak memory", format_memory(metrics.peak_memory_mb)),
         ("device", metrics.device),

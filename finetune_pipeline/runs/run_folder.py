@@ -24,6 +24,7 @@ from finetune_pipeline.errors import system_fault
 from finetune_pipeline.runs import artifacts, run_lock
 from finetune_pipeline.runs.memory_check import is_out_of_memory, out_of_memory
 from finetune_pipeline.runs.preparation import PreparedRun, label_distributions, token_lengths
+from finetune_pipeline.runs.baselines import baseline_scores, score_flags
 from finetune_pipeline.runs.provenance import code_version, data_fingerprints
 from finetune_pipeline.runs.report import write_run_report
 from finetune_pipeline.runs.resume import save_resume_checkpoint
@@ -165,6 +166,9 @@ class RunFolder:
         )
         log_event("test", best_epoch=self.metrics.best_epoch, test_score=self.metrics.test_score,
                   **{f"test_{name}": test_metrics[name] for name in self.prepared.task.metric_names})
+        self.metrics.record(score_flags=score_flags(self.metrics))
+        for flag in self.metrics.score_flags:
+            log_event("score_flag", level=logging.WARNING, message=flag)
         (self.path / artifacts.RESUME_FILE).unlink(missing_ok=True)  # a completed run cannot be resumed
 
     @distributed.main_process_only
@@ -234,6 +238,7 @@ def initial_metrics(prepared: PreparedRun, kept: dict[str, Any]) -> RunMetrics:
         "label_names": splits.label_names,
         "task": prepared.task.record(),
         "label_distribution": label_distributions(prepared),
+        "baselines": baseline_scores(prepared.task, prepared.tokenized, config.seed),
         "class_weights": prepared.task.class_weight_table(),
         "token_lengths": token_lengths(prepared),
         "tokenization": prepared.tokenization,

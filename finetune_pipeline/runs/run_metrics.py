@@ -38,6 +38,8 @@ class RunMetrics(BaseModel):
     stopped_early: bool | None = None
     resumed_from_steps: list[int] = []  # the optimizer step each resume continued from (0: started over)
     freeze_proof: dict[str, bool] | None = None  # freeze_proof.json's verdicts
+    baselines: dict[str, dict[str, dict[str, float]]] | None = None  # split -> baseline -> metrics (runs/baselines.py)
+    score_flags: list[str] | None = None  # a score no better than its baseline, one class for every text
     # the data
     split_sizes: dict[str, int] | None = None
     label_names: list[str] | None = None

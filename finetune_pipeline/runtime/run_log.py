@@ -25,7 +25,20 @@ def format_value(value: Any) -> str:
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    logger.log(level, " ".join([f"event={event}", *(f"{key}={format_value(value)}" for key, value in fields.items())]))
+    """One key=value line; a warning's message also goes with the record as it is, for the console
+    (ConsoleFormatter)."""
+    plain = {"plain": str(fields["message"])} if level >= logging.WARNING and "message" in fields else None
+    line = " ".join([f"event={event}", *(f"{key}={format_value(value)}" for key, value in fields.items())])
+    logger.log(level, line, extra=plain)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Events as their key=value lines, and a warning as a plain 'WARNING: ...' line that cannot be missed among
+    them (train.log keeps the key=value line)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        plain = getattr(record, "plain", None)
+        return f"WARNING: {plain}" if plain is not None else record.getMessage()
 
 
 def parse_line(line: str) -> dict[str, str]:
@@ -93,7 +106,7 @@ def configure_console_logging(level: int = logging.INFO) -> None:
         logger.removeHandler(previous)  # called again in one process (tests, notebooks): one console, today's
     handler = logging.StreamHandler()
     handler.set_name("console")
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(ConsoleFormatter())
     # a filter, not setLevel: tqdm's redirect (RunLogging) copies a console handler's filters, not its level
     handler.addFilter(lambda record: record.levelno >= level)
     logger.addHandler(handler)

@@ -28,7 +28,8 @@ def model_card(run: LoadedRun, source: dict[str, str], run_config_file: dict[str
     config, metrics = run.config, run.metrics
     backbone = config.model.backbone
     shown_backbone = portable_path(backbone)  # a local folder by its name: the path is this machine's
-    language = backbone_language(backbone)
+    # the backbone's language is the model's only where the run did not find the texts in another one
+    language = None if metrics.language_warning else backbone_language(backbone)
     front_matter = ModelCardData(
         library_name="transformers", pipeline_tag="text-classification",
         tags=["text-classification", "custom_code", "finetune-pipeline"],
@@ -137,6 +138,12 @@ def results(metrics: RunMetrics, checkpoint: str) -> str:
              f"{metrics.best_epoch}); the test split was scored once, with it.", "",
              f"| split | {' | '.join(names)} |", f"| --- |{' ---: |' * len(names)}"]
     lines += [f"| {split} | {' | '.join(f'{values[name]:.4f}' for name in names)} |" for split, values in scores.items()]
+    lines += [f"| {split}, baseline: {cell(name)} | {' | '.join(f'{values[metric]:.4f}' for metric in names)} |"
+              for split, by_name in (metrics.baselines or {}).items() for name, values in by_name.items()]
+    if metrics.baselines:
+        lines += ["", "A baseline answers without reading the text (fit on the train split's labels alone): a score "
+                  "near it means the model learned little."]
+    lines += [f"\n**Warning:** {flag}" for flag in metrics.score_flags or []]
     threshold = metrics.task_type == "multi_label"
     for split, values in filter(lambda item: "per_class" in item[1], scores.items()):
         lines += ["", f"Per {'label' if threshold else 'class'}, {split}:", "",
@@ -173,8 +180,12 @@ def training(metrics: RunMetrics, backbone: str) -> str:
 
 
 def limitations(metrics: RunMetrics, language: str | list[str] | None, backbone: str, max_length: int) -> str:
+    script = ((metrics.tokenization or {}).get("train") or {}).get("script")
+    texts = f"; the training texts are in {script.capitalize()} script" if script else ""
     spoken = (f"{', '.join(language) if isinstance(language, list) else language} (from the backbone's model card)"
-              if language else f"unknown here (no model card of `{backbone}` on this machine); it is the backbone's")
+              f"{texts}" if language else
+              f"not the backbone's{texts}. {metrics.language_warning}" if metrics.language_warning else
+              f"unknown here (no model card of `{backbone}` on this machine); it is the backbone's{texts}")
     cut = metrics.token_lengths.get("test")
     cut_text = f" ({cut['truncated_share']:.1%} of the test texts were longer)" if cut else ""
     return "\n".join([
