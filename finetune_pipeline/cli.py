@@ -289,6 +289,7 @@ def under_torchrun() -> bool:
 
 
 def format_plan(plan: dict[str, Any]) -> str:
+    from finetune_pipeline.core.leakage import describe_leakage
     from finetune_pipeline.runs.baselines import describe_baselines
 
     precision = plan["mixed_precision"]
@@ -312,6 +313,8 @@ def format_plan(plan: dict[str, Any]) -> str:
                                                       for label, weight in plan["class_weights"].items())]
           if plan["class_weights"] else []),
         *([f"WARNING: {plan['imbalance_warning']}"] if plan["imbalance_warning"] else []),
+        describe_leakage(plan["leakage"]),
+        *(f"WARNING: {warning}" for warning in plan["leakage"]["warnings"]),
         f"baselines ({training['metric']} without reading the text): "
         f"{describe_baselines(plan['baselines'], training['metric'])}",
         f"token lengths before truncation (max_length {plan['config']['data']['max_length']}):",

@@ -77,6 +77,11 @@ def test_seven_losses_are_enough():
 # ---- synthetic run folders -------------------------------------------------------------------------------------
 
 
+NO_OVERLAP = {"exact": 0, "normalised": 0, "examples": []}
+NO_LEAKAGE = {"train_repeats": NO_OVERLAP, "val_in_train": NO_OVERLAP, "test_in_train": NO_OVERLAP,
+              "label_conflicts": {"texts": 0, "examples": []}, "warnings": []}
+
+
 def write_run(folder: Path, *, seed: int = 42, config: dict[str, Any] | None = None, best_val: float = 0.80,
               test: float = 0.78, status: str = "completed", losses: list[float] = STEADY_LOSSES,
               **metrics_overrides: Any) -> Path:
@@ -96,6 +101,7 @@ def write_run(folder: Path, *, seed: int = 42, config: dict[str, Any] | None = N
         "data_files": {split: {"path": f"data/{split}.csv", "sha256": sha} for split, sha in DATA_SHA.items()},
         "backbone_sha256": BACKBONE_SHA, "code_version": CODE_VERSION, "device": "cpu",
         "mixed_precision": {"requested": "fp16", "used": "bf16", "reason": "fp16 autocast on CPU is slow"},
+        "leakage": NO_LEAKAGE,
         **metrics_overrides,
     }
     (folder / "config.json").write_text(json.dumps(deep_merge(base_config, config or {})))
@@ -196,14 +202,14 @@ def test_another_precision_actually_used_is_a_warning(tmp_path):
 
 def test_runs_without_provenance_say_once_that_it_could_not_be_checked(tmp_path):
     reference = write_run(tmp_path / "base")
-    old = [write_run(tmp_path / name, data_files=None, backbone_sha256=None, code_version=None, mixed_precision=None)
-           for name in ("old1", "old2")]
+    old = [write_run(tmp_path / name, data_files=None, backbone_sha256=None, code_version=None, mixed_precision=None,
+                     leakage=None) for name in ("old1", "old2")]
     warnings = compare(tmp_path, reference, *old).warnings
     assert warnings == [
         f"{what} could not be checked for run(s) old1 ×2: their metrics.json has no {field} "
         "(an older run, or one that stopped early)"
-        for what, field in [("data", "data_files"), ("backbone", "backbone_sha256"), ("code version", "code_version"),
-                            ("device or precision", "mixed_precision")]
+        for what, field in [("data", "data_files"), ("leakage", "leakage"), ("backbone", "backbone_sha256"),
+                            ("code version", "code_version"), ("device or precision", "mixed_precision")]
     ]
 
 

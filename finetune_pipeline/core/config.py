@@ -150,6 +150,9 @@ class DataConfig(StrictModel):
         "size of a carved val split, as a fraction of the whole train file"))
     test_fraction: float = Field(0.1, gt=0, lt=1, description="as `data.val_fraction`, for the test split")
     max_length: int = Field(256, ge=8, le=8192, description="tokens kept per text; longer texts are truncated")
+    drop_leaked: bool = Field(False, description=(
+        "drop from val and test the rows whose text is also in train (after normalising case, spaces and "
+        "punctuation), so that their scores measure new texts; metrics.json `leakage` counts them either way"))
 
     # how each file was chosen ("the default", "set in my.json", "set with --set"), for messages; not saved
     _file_origins: dict[str, str] = PrivateAttr(default_factory=dict)

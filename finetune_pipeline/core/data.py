@@ -11,10 +11,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sklearn.model_selection import train_test_split
 
 from finetune_pipeline.core.config import DataConfig
+from finetune_pipeline.core.leakage import leakage_report, leakage_warnings, without_train_texts
 from finetune_pipeline.core.readers import FileSettings, Record, read_records
 from finetune_pipeline.core.task import Label, SingleLabelClassification, Task, unknown_label_error
 from finetune_pipeline.errors import UserInputError
@@ -35,6 +37,7 @@ class Splits:
     test: list[Example]
     label_names: list[str]  # the head's outputs: classes or labels (id i is label_names[i]), or the target's name
     rows_sha256: dict[str, str | None]  # each configured file's rows as read (rows_sha256); None: a carved split
+    leakage: dict[str, Any]  # duplicates within train, val/test texts also in train, label conflicts (leakage.py)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -57,7 +60,14 @@ def load_splits(data: DataConfig, seed: int, task: type[Task] = SingleLabelClass
         train, val = carved_split(train, remaining_fraction, seed, "val", data.train_file, task)
     for name, split, path in (("val", val, data.val_file), ("test", test, data.test_file)):
         check_labels_seen_in_train(split, label_names, name, path or data.train_file, task)
-    return Splits(train=train, val=val, test=test, label_names=label_names, rows_sha256=identities)
+    leakage = leakage_report(train, val, test)
+    leakage["warnings"] = leakage_warnings(leakage, {"val": len(val), "test": len(test)}, data.drop_leaked)
+    if data.drop_leaked:
+        val, test = (without_train_texts(train, split, name) for name, split in (("val", val), ("test", test)))
+        leakage["dropped"] = {"val": leakage["val_in_train"]["normalised"],
+                              "test": leakage["test_in_train"]["normalised"]}
+    return Splits(train=train, val=val, test=test, label_names=label_names, rows_sha256=identities,
+                  leakage=leakage)
 
 
 def rows_sha256(examples: list[Example]) -> str:

@@ -20,6 +20,7 @@ from finetune_pipeline.experiments.run_rows import (
     format_number,
     format_seeds,
     hardware_identity,
+    leakage_identity,
 )
 from finetune_pipeline.experiments.seed_noise import (
     BELOW_RESOLUTION,
@@ -59,6 +60,9 @@ def find_warnings(records: list[RunRecord], rows: list[RunRow], samples: list[Sa
         *seed_warnings(groups),
         *provenance_warnings(labels, data_identities(sample_records), "data", "data_files",
                              "scores on different data are not comparable"),
+        *provenance(leakage_identity, "leakage", "leakage",
+                    "a split holding train texts scores memory as well as skill; compare runs with the same overlap "
+                    "(data.drop_leaked, the same files)"),
         *provenance(backbone_identity, "backbone", "backbone_sha256",
                     "another backbone changes the scores by itself; fine only as the one factor studied"),
         *provenance(code_identity, "code version", "code_version",

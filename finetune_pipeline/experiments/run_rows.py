@@ -155,6 +155,17 @@ def code_identity(record: RunRecord) -> dict[str, Any] | None:
     return {"package": version.get("package"), "source_sha256": version["source_sha256"]}
 
 
+def leakage_identity(record: RunRecord) -> dict[str, Any] | None:
+    """How many val and test texts were also in train, and whether they were dropped: a split that shares texts
+    with train scores memory too. None for runs recorded before leakage was counted."""
+    leakage = record.measured.leakage
+    if leakage is None:
+        return None
+    dropped = leakage.get("dropped")
+    return {f"{split} texts also in train": 0 if dropped else leakage[f"{split}_in_train"]["normalised"]
+            for split in ("val", "test")}
+
+
 def hardware_identity(record: RunRecord) -> dict[str, Any] | None:
     """Where the run computed and in which precision it really ran (a CPU may run bf16 or fp32 for "fp16")."""
     precision = record.measured.mixed_precision

@@ -173,6 +173,7 @@ def dry_run(config: Config) -> dict[str, Any]:
         "label_names": prepared.splits.label_names,
         "label_distribution": distribution,
         "baselines": baseline_scores(prepared.task, prepared.tokenized, config.seed),
+        "leakage": prepared.splits.leakage,
         "class_weights": prepared.task.class_weight_table(),
         "imbalance_warning": imbalance_warning(distribution["train"], config),
         "token_lengths": token_lengths(prepared),

@@ -76,6 +76,7 @@ def render_page(run: RunRecord, curves_png: bytes) -> str:
         *task_sections(metrics),
         ("Freeze proof", lambda: freeze_proof_section(run.freeze_proof)),
         ("Split sizes and resolution", lambda: split_sizes_section(metrics)),
+        ("Duplicates and leakage", lambda: leakage_section(metrics)),
         ("Config", lambda: config_section(run.config)),
     ]
     body = [status_section(run), *(section(title, build) for title, build in sections)]
@@ -114,7 +115,8 @@ def status_section(run: RunRecord) -> str:
 def warnings_box(metrics: RunMetrics) -> str:
     """What the run warned of that its scores depend on (the texts' language, the score flags), in a red box; ''
     without any. The notebook's run display shows it too (its own inline style: no page CSS there)."""
-    warnings = [*([metrics.language_warning] if metrics.language_warning else []), *(metrics.score_flags or [])]
+    warnings = [*([metrics.language_warning] if metrics.language_warning else []),
+                *(metrics.leakage or {}).get("warnings", []), *(metrics.score_flags or [])]
     if not warnings:
         return ""
     items = "".join(f"<li>{escape(warning)}</li>" for warning in warnings)
@@ -298,6 +300,25 @@ def split_sizes_section(metrics: RunMetrics) -> str:
     note = (f"<p>A difference of fewer than {RESOLUTION_EXAMPLES} val examples between two runs is below the "
             "resolution of the val set: no evidence of an effect, whatever the seeds say.</p>")
     return table(["split", "texts", "resolution", "source"], rows) + "\n" + note
+
+
+def leakage_section(metrics: RunMetrics) -> str:
+    """The counts of core/leakage.py, with a few of the texts."""
+    leakage = metrics.leakage
+    if not leakage:
+        return missing(f"{METRICS_FILE} has no leakage (a run recorded before it was counted)")
+    rows = [[cell(what), cell(leakage[kind]["exact"], "number"), cell(leakage[kind]["normalised"], "number"),
+             cell("; ".join(leakage[kind]["examples"]))]
+            for kind, what in (("train_repeats", "train rows that repeat a train text"),
+                               ("val_in_train", "val texts also in train"),
+                               ("test_in_train", "test texts also in train"))]
+    conflicts = leakage["label_conflicts"]
+    rows.append([cell("texts with two or more labels"), cell(""), cell(conflicts["texts"], "number"),
+                 cell("; ".join(conflicts["examples"]))])
+    dropped = leakage.get("dropped")
+    note = (f"<p>data.drop_leaked: {dropped['val']} val and {dropped['test']} test rows were dropped before "
+            "training; the scores above are without them.</p>" if dropped else "")
+    return table(["", "exact", "normalised (case, spaces, punctuation)", "e.g."], rows) + note
 
 
 def config_section(config: dict[str, Any] | None) -> str:

@@ -17,14 +17,15 @@ import transformers
 from finetune_pipeline.core.config import Config
 from finetune_pipeline.core.data import describe_sources
 from finetune_pipeline.core.device import peak_process_memory_mb
+from finetune_pipeline.core.leakage import LEAKAGE_COUNTS
 from finetune_pipeline.core.model import TextClassifier, count_parameters
 from finetune_pipeline.core.task import Task
 from finetune_pipeline.core.training import TrainingState, optimizer_steps_per_epoch
 from finetune_pipeline.errors import system_fault
 from finetune_pipeline.runs import artifacts, run_lock
+from finetune_pipeline.runs.baselines import baseline_scores, score_flags
 from finetune_pipeline.runs.memory_check import is_out_of_memory, out_of_memory
 from finetune_pipeline.runs.preparation import PreparedRun, label_distributions, token_lengths
-from finetune_pipeline.runs.baselines import baseline_scores, score_flags
 from finetune_pipeline.runs.provenance import code_version, data_fingerprints
 from finetune_pipeline.runs.report import write_run_report
 from finetune_pipeline.runs.resume import save_resume_checkpoint
@@ -239,6 +240,7 @@ def initial_metrics(prepared: PreparedRun, kept: dict[str, Any]) -> RunMetrics:
         "task": prepared.task.record(),
         "label_distribution": label_distributions(prepared),
         "baselines": baseline_scores(prepared.task, prepared.tokenized, config.seed),
+        "leakage": splits.leakage,
         "class_weights": prepared.task.class_weight_table(),
         "token_lengths": token_lengths(prepared),
         "tokenization": prepared.tokenization,
@@ -295,6 +297,13 @@ def log_run_start(prepared: PreparedRun, run_dir: Path, metrics: RunMetrics) -> 
     log_event("data", **{f"{name}_size": size for name, size in prepared.splits.sizes().items()},
               labels=",".join(prepared.splits.label_names), max_length=config.data.max_length,
               **{f"{name}_truncated": stats["truncated"] for name, stats in metrics.token_lengths.items()})
+    leakage = prepared.splits.leakage
+    log_event("leakage", **{f"{kind}_{match}": leakage[kind][match] for kind in LEAKAGE_COUNTS
+                            for match in ("exact", "normalised")},
+              label_conflicts=leakage["label_conflicts"]["texts"],
+              **{f"dropped_{split}": count for split, count in leakage.get("dropped", {}).items()})
+    for warning in leakage["warnings"]:
+        log_event("leakage_warning", level=logging.WARNING, message=warning)
     if metrics.class_weights is not None:
         log_event("class_weights", **metrics.class_weights)
     parameters = metrics.parameters or {}

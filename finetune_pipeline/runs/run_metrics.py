@@ -49,6 +49,7 @@ class RunMetrics(BaseModel):
     token_lengths: dict[str, dict[str, float]] = {}
     tokenization: dict[str, dict[str, Any]] | None = None
     language_warning: str | None = None
+    leakage: dict[str, Any] | None = None  # duplicates and val/test texts also in train (core/leakage.py)
     data_files: dict[str, Any] | None = None  # split -> {path, sha256}, None for a split carved from train
     data_sources: dict[str, str] | None = None  # split -> how its file was chosen, in words
     feature_cache: dict[str, str] | None = None  # split -> hit | miss (frozen backbone only)
