@@ -154,10 +154,12 @@ class ClassifierHead(nn.Module):
     """Linear(hidden, hidden_dim) -> GELU -> Dropout -> Linear(hidden_dim, num_labels).
 
     A multi-label head also holds each label's decision threshold (a buffer: saved, loaded and exported with the
-    weights, never trained; chosen on val after each epoch, see task.py)."""
+    weights, never trained; chosen on val after each epoch, see task.py). A classifier's head holds its temperature
+    (one, or one per label): 1 while training, fitted on val once trained (calibration.py); its logits are divided
+    by it, so every probability computed from them is calibrated."""
 
     def __init__(self, hidden_size: int, hidden_dim: int, num_labels: int, dropout: float,
-                 thresholds: bool = False) -> None:
+                 thresholds: bool = False, temperature_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_dim)
         self.activation = nn.GELU()
@@ -165,6 +167,8 @@ class ClassifierHead(nn.Module):
         self.out_proj = nn.Linear(hidden_dim, num_labels)
         if thresholds:
             self.register_buffer("thresholds", torch.full((num_labels,), 0.5))
+        if temperature_shape is not None:
+            self.register_buffer("temperature", torch.ones(temperature_shape))
 
     @property
     def decision_thresholds(self) -> torch.Tensor | None:
@@ -173,7 +177,11 @@ class ClassifierHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # (batch, hidden) -> (batch, num_labels)
-        return self.out_proj(self.dropout(self.activation(self.dense(features))))
+        return self.calibrated(self.out_proj(self.dropout(self.activation(self.dense(features)))))
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits divided by the temperature (in float32: bf16 logits are promoted, exactly)."""
+        return logits / self.temperature.to(logits.device) if hasattr(self, "temperature") else logits
 
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -207,12 +215,12 @@ class TextClassifier(nn.Module):
     """
 
     def __init__(self, backbone: "PreTrainedModel | None", backbone_config: PretrainedConfig, config: ModelConfig,
-                 num_labels: int, thresholds: bool = False) -> None:
+                 num_labels: int, thresholds: bool = False, temperature_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = config.pooling
         self.head = ClassifierHead(backbone_config.hidden_size, config.hidden_dim, num_labels, config.dropout,
-                                   thresholds)
+                                   thresholds, temperature_shape)
         self.backbone_frozen = False
         self.frozen_modules: list[nn.Module] = []  # kept in eval mode by train(): no dropout where nothing trains
 
@@ -341,7 +349,8 @@ def build_classifier(backbone: "PreTrainedModel | None", backbone_config: Pretra
                      task: Task, mode: TrainingMode) -> TextClassifier:
     """The one way a TextClassifier is made, for training as for loading a trained run: the head the task needs on
     the backbone, then frozen, adapted and checkpointed as the training mode says."""
-    model = TextClassifier(backbone, backbone_config, config.model, task.num_outputs, task.decides_by_threshold)
+    model = TextClassifier(backbone, backbone_config, config.model, task.num_outputs, task.decides_by_threshold,
+                           task.temperature_shape)
     mode.prepare(model)
     return model
 

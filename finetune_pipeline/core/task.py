@@ -199,6 +199,31 @@ class SingleLabelClassification:
         """The metrics of decisions (label ids), whoever made them: the model, or a baseline."""
         return classification_metrics([int(target) for target in targets], predicted, self.label_names)
 
+    # -- calibration (calibration.py): one temperature for every class keeps the argmax ------------------------
+
+    @property
+    def temperature_shape(self) -> tuple[int, ...] | None:
+        return (1,)
+
+    @staticmethod
+    def target_tensor(targets: list[Any]) -> torch.Tensor:
+        return torch.tensor([int(target) for target in targets])
+
+    @staticmethod
+    def negative_log_likelihood(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), truth)
+
+    @staticmethod
+    def confidences(logits: torch.Tensor, targets: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(the predicted class's probability, whether it is right) per example."""
+        probabilities = logits.float().softmax(dim=-1)
+        confidence, predicted = probabilities.max(dim=-1)
+        return confidence.numpy(), (predicted.numpy() == np.asarray(targets, dtype=int)).astype(float)
+
+    @staticmethod
+    def calibrated_thresholds(thresholds: torch.Tensor | None, temperature: torch.Tensor) -> torch.Tensor | None:
+        return thresholds
+
     def baseline_predictors(self, seed: int) -> dict[str, Any]:
         """What answers without reading the text (scikit-learn's dummy estimators, fit on the train targets)."""
         return {"most frequent class": DummyClassifier(strategy="most_frequent"),
@@ -325,6 +350,29 @@ class MultiLabelClassification(SingleLabelClassification):
             },
         }
 
+    @property
+    def temperature_shape(self) -> tuple[int, ...] | None:
+        return (self.num_outputs,)  # each label its own: they are separate yes/no questions
+
+    @staticmethod
+    def target_tensor(targets: list[Any]) -> torch.Tensor:
+        return torch.tensor(targets, dtype=torch.float32)
+
+    @staticmethod
+    def negative_log_likelihood(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), truth)
+
+    @staticmethod
+    def confidences(logits: torch.Tensor, targets: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(each label's probability, whether the text carries it), over every text and label."""
+        return logits.float().sigmoid().numpy().ravel(), np.asarray(targets, dtype=float).ravel()
+
+    @staticmethod
+    def calibrated_thresholds(thresholds: torch.Tensor | None, temperature: torch.Tensor) -> torch.Tensor | None:
+        """The thresholds on the calibrated probabilities that choose exactly the labels the old ones chose:
+        sigmoid(z) >= t  <=>  z >= logit(t)  <=>  sigmoid(z / T) >= sigmoid(logit(t) / T)."""
+        return (torch.logit(thresholds.double()) / temperature.double()).sigmoid().float()
+
     def baseline_predictors(self, seed: int) -> dict[str, Any]:
         """No label for any text, and each label drawn with its train share (seeded)."""
         return {"all negative": DummyClassifier(strategy="constant", constant=np.zeros(self.num_outputs, dtype=int)),
@@ -389,6 +437,7 @@ class Regression:
         return cls(label_names, config.training.metric, float(values.mean()), float(values.std()))
 
     num_outputs = 1
+    temperature_shape = None  # a number, not a probability: nothing to calibrate
     higher_is_better = SingleLabelClassification.higher_is_better
     is_better = SingleLabelClassification.is_better
     fit_decision = SingleLabelClassification.fit_decision

@@ -126,6 +126,9 @@ def checkpoint_payload(
     }
 
 
+TEMPERATURE_KEY = "head.temperature"  # core/model.py's ClassifierHead buffer
+
+
 def restore_weights(model: TextClassifier, payload: dict[str, Any], source: Path) -> None:
     """Load a checkpoint's weights into model; a left-out backbone must be exactly the one trained with.
 
@@ -142,6 +145,7 @@ def restore_weights(model: TextClassifier, payload: dict[str, Any], source: Path
                 f"({loaded[:16]}...); install the backbone version the run was trained with"
             )
     missing, unexpected = model.load_state_dict(payload["model_state"], strict=False)
+    missing = [key for key in missing if key != TEMPERATURE_KEY]  # saved before calibration existed: it stays 1
     if unexpected or (missing and (payload["backbone_included"] or any(not k.startswith("backbone.") for k in missing))):
         raise UserInputError(f"{source}: does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from finetune_pipeline.core.batching import TokenizedSplit
+from finetune_pipeline.core.calibration import describe_temperature
 from finetune_pipeline.core.config import CONTINUOUS_METRICS, LOWER_IS_BETTER
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES
 from finetune_pipeline.core.task import IMBALANCE_RATIO, Task
@@ -143,12 +144,17 @@ def describe_split_baselines(by_name: dict[str, dict[str, float]], metric: str) 
 
 
 def summary_lines(metrics: RunMetrics) -> list[str]:
-    """The run's scores next to its baselines: what the console says when a run ends (its flags were logged as
-    warnings just before)."""
+    """The run's scores next to its baselines, and its calibration: what the console says when a run ends (its flags
+    were logged as warnings just before)."""
     metric = metrics.metric_name
     lines = [f"best val {metric} {metrics.best_val_score:.4f} (epoch {metrics.best_epoch}), test {metric} "
              f"{metrics.test_score:.4f}" if metrics.test_score is not None and metrics.best_val_score is not None
              else f"status: {metrics.status}"]
     if (described := describe_baselines(metrics.baselines, metrics.metric)) is not None:
         lines.append(f"baselines ({metric} without reading the text): {described}")
+    if metrics.calibration is not None:
+        test = metrics.calibration["test"]
+        lines.append(f"calibrated on val: temperature {describe_temperature(metrics.calibration['temperature'])}; "
+                     f"test ECE {test['before']['ece']:.4f} -> {test['after']['ece']:.4f}, "
+                     f"NLL {test['before']['nll']:.4f} -> {test['after']['nll']:.4f}")
     return lines

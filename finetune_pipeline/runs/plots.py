@@ -163,5 +163,21 @@ def regression_png(true: list[float], predicted: list[float]) -> bytes:
     return buffer.getvalue()
 
 
+def reliability_png(before: list[dict[str, float]], after: list[dict[str, float]]) -> bytes:
+    """The reliability diagram: each confidence bin's accuracy against its mean confidence, before and after
+    calibration (on the diagonal, a probability means what it says)."""
+    figure = Figure(figsize=(5, 5), layout="constrained")
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="gray", linewidth=1, label="calibrated perfectly")
+    for bins, label in ((before, "before (temperature 1)"), (after, "after (fitted on val)")):
+        axes.plot([entry["confidence"] for entry in bins], [entry["accuracy"] for entry in bins], marker="o",
+                  label=label)
+    axes.set(title="reliability, test", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    axes.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
 def save_png(figure: Figure, path: Path) -> None:
     write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=100))

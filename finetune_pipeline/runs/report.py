@@ -12,11 +12,12 @@ from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
+from finetune_pipeline.core.calibration import describe_temperature
 from finetune_pipeline.core.config import Config, config_settings
 from finetune_pipeline.core.resolution import RESOLUTION_EXAMPLES, example_worth
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE, FREEZE_PROOF_FILE, METRICS_FILE, REPORT_FILE
 from finetune_pipeline.runs.baselines import describe_split_baselines
-from finetune_pipeline.runs.plots import plot_run_curves, regression_png
+from finetune_pipeline.runs.plots import plot_run_curves, regression_png, reliability_png
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runs.run_record import FileProblem, RunRecord, read_run_record
 from finetune_pipeline.runtime.files import write_atomically
@@ -74,6 +75,7 @@ def render_page(run: RunRecord, curves_png: bytes) -> str:
         ("Mixed precision", lambda: precision_section(metrics)),
         ("Curves", lambda: curves_section(curves_png)),
         *task_sections(metrics),
+        ("Calibration", lambda: calibration_section(metrics)),
         ("Freeze proof", lambda: freeze_proof_section(run.freeze_proof)),
         ("Split sizes and resolution", lambda: split_sizes_section(metrics)),
         ("Duplicates and leakage", lambda: leakage_section(metrics)),
@@ -217,6 +219,25 @@ def regression_section(metrics: RunMetrics) -> str:
         "closer to the diagonal the better; the residuals should centre on 0.</p>")
     return table(["split", *names], [[cell(split), *(cell(values.get(name), "number") for name in names)]
                                      for split, values in scores]) + "\n" + note + figure
+
+
+def calibration_section(metrics: RunMetrics) -> str:
+    """The temperature fitted on val, ECE and NLL before and after, and the reliability diagram on test."""
+    calibration = metrics.calibration
+    if calibration is None:
+        return missing("not calibrated: a regression outputs a number, not a probability" if
+                       metrics.task_type == "regression" else f"{METRICS_FILE} has no calibration (a run that "
+                       "did not complete, or one recorded before calibration existed)")
+    rows = [[cell(f"{split}, {when}"), cell(calibration[split][when]["ece"], "number"),
+             cell(calibration[split][when]["nll"], "number")]
+            for split in ("val", "test") for when in ("before", "after")]
+    temperatures = describe_temperature(calibration["temperature"])
+    test = calibration["test"]
+    image = base64.b64encode(reliability_png(test["before"]["bins"], test["after"]["bins"])).decode("ascii")
+    return (f"<p>Temperature fitted on val: {escape(temperatures)} (logits divided by it; above 1 the model was "
+            "over-confident). Decisions do not change; predict, evaluate and the exports give the calibrated "
+            "probabilities.</p>\n" + table(["split", "ECE", "NLL"], rows)
+            + f'\n<img alt="reliability diagram, test" src="data:image/png;base64,{image}">')
 
 
 def confusion_section(metrics: RunMetrics) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 from finetune_pipeline.core.batching import InputSplit
 from finetune_pipeline.core.config import Config
 from finetune_pipeline.core.device import reset_peak_process_memory, resolve_device
-from finetune_pipeline.core.evaluation import evaluate
+from finetune_pipeline.core.calibration import calibrate
+from finetune_pipeline.core.evaluation import predict_logits
 from finetune_pipeline.core.freeze_proof import build_freeze_proof, snapshot
 from finetune_pipeline.core.training import TrainingState, train_model
 from finetune_pipeline.runs import artifacts, run_lock
@@ -76,9 +77,14 @@ def execute(prepared: PreparedRun, run: RunFolder, checkpoint: dict[str, Any] | 
         run.save_model(artifacts.FINAL_MODEL_FILE, state.history[-1].epoch, state.step)
         proof = build_freeze_proof(prepared.backbone_before, head_before, adapters_before, model, prepared.mode)
         run.write_freeze_proof(proof)
-        run.load_best_model(model)  # test once, with the best checkpoint
-        test_metrics = evaluate(model, test_split, task, training.eval_batch_size, placement)
-        run.completed(test_metrics, proof)
+        run.load_best_model(model)  # test once, with the best checkpoint, once calibrated on val
+        test_logits = predict_logits(model, test_split, training.eval_batch_size, placement)
+        calibration = calibrate(model, task, val_split, test_split.labels, test_logits, training.eval_batch_size,
+                                placement)
+        # the logits test would give now: each divided by the temperature, as the head divides them
+        test_metrics = task.metrics(model.head.calibrated(test_logits), test_split.labels,
+                                    model.head.decision_thresholds)
+        run.completed(test_metrics, proof, calibration)
     return run.path
 
 

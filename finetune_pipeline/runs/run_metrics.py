@@ -39,6 +39,7 @@ class RunMetrics(BaseModel):
     resumed_from_steps: list[int] = []  # the optimizer step each resume continued from (0: started over)
     freeze_proof: dict[str, bool] | None = None  # freeze_proof.json's verdicts
     baselines: dict[str, dict[str, dict[str, float]]] | None = None  # split -> baseline -> metrics (runs/baselines.py)
+    calibration: dict[str, Any] | None = None  # the temperature fitted on val, ECE and NLL before and after
     score_flags: list[str] | None = None  # a score no better than its baseline, one class for every text
     # the data
     split_sizes: dict[str, int] | None = None

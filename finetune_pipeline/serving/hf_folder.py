@@ -24,7 +24,7 @@ from finetune_pipeline.core.model import build_classifier
 from finetune_pipeline.core.task import loaded_task
 from finetune_pipeline.core.training_mode import TrainingMode
 from finetune_pipeline.errors import UserInputError
-from finetune_pipeline.runs.artifacts import LoadedRun
+from finetune_pipeline.runs.artifacts import TEMPERATURE_KEY, LoadedRun
 from finetune_pipeline.runs.run_metrics import RunMetrics
 from finetune_pipeline.runtime.files import read_json_object
 from finetune_pipeline.serving.model_card import model_card
@@ -49,6 +49,7 @@ def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_co
     label_names = run.label_names
     state = run.model.state_dict()
     thresholds = state.pop(THRESHOLDS_KEY, None)  # into config.json: a decision rule, not a weight to load
+    temperature = state.pop(TEMPERATURE_KEY, None)  # into config.json too: the calibration, applied in forward
     config = config_class(
         encoder_config=portable_config(run.model.backbone.config),
         pooling=run.config.model.pooling,
@@ -59,6 +60,7 @@ def write_hf_folder(run: LoadedRun, folder: Path, source: dict[str, str], run_co
         # the pipeline applies softmax (single-label) or sigmoid (multi-label), as predict does
         problem_type=PROBLEM_TYPES[run.task.name],
         label_thresholds=None if thresholds is None else thresholds.tolist(),
+        logit_temperature=None if temperature is None else temperature.tolist(),
         **({"target_mean": run.task.target_mean, "target_std": run.task.target_std}
            if run.task.name == "regression" else {}),
         **{RUN_KEY: {**source, "config": without_machine_paths(run.config.to_plain()), "task": run.task.record()}},
@@ -137,6 +139,8 @@ def load_hf_export(folder: Path) -> tuple[LoadedRun, str]:
     state = renamed(load_file(folder / WEIGHTS_FILE), EXPORT_PREFIX, PACKAGE_PREFIX)
     if task.decides_by_threshold:
         state[THRESHOLDS_KEY] = torch.tensor(hf_config["label_thresholds"])
+    if hf_config.get("logit_temperature") is not None:
+        state[TEMPERATURE_KEY] = torch.tensor(hf_config["logit_temperature"])
     model.load_state_dict(state)
     # config= : AutoTokenizer would otherwise read config.json, whose auto_map asks to trust remote code
     tokenizer = AutoTokenizer.from_pretrained(folder, config=backbone_config)

@@ -20,7 +20,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 class PooledClassifierConfig(PretrainedConfig):
     """The encoder's own config (any AutoModel architecture), the pooling and the head's sizes; for
     problem_type "multi_label_classification" each label's decision threshold (label_thresholds, chosen on the val
-    split), for "regression" the target's train mean and standard deviation (the head predicts it standardised)."""
+    split), for "regression" the target's train mean and standard deviation (the head predicts it standardised);
+    for a classifier the temperature its logits are divided by (logit_temperature, one or one per label, fitted on
+    the val split; `temperature` is text generation's)."""
 
     model_type = "pooled_classifier"
     sub_configs = {"encoder_config": AutoConfig}
@@ -32,6 +34,7 @@ class PooledClassifierConfig(PretrainedConfig):
         head_hidden_size: int = 256,
         head_dropout: float = 0.1,
         label_thresholds: list[float] | None = None,
+        logit_temperature: list[float] | None = None,
         target_mean: float = 0.0,
         target_std: float = 1.0,
         **kwargs,
@@ -43,6 +46,7 @@ class PooledClassifierConfig(PretrainedConfig):
         self.head_hidden_size = head_hidden_size
         self.head_dropout = head_dropout
         self.label_thresholds = label_thresholds
+        self.logit_temperature = logit_temperature
         self.target_mean = target_mean
         self.target_std = target_std
         super().__init__(**kwargs)
@@ -98,6 +102,8 @@ class PooledClassifierForSequenceClassification(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.head(pool(hidden_states, attention_mask, self.config.pooling))
+        if self.config.logit_temperature is not None:  # calibrated on the val split: honest probabilities
+            logits = logits / torch.tensor(self.config.logit_temperature, dtype=logits.dtype, device=logits.device)
         if self.config.problem_type == "regression":  # the number itself, in the target's units
             logits = logits * self.config.target_std + self.config.target_mean
         return SequenceClassifierOutput(loss=None if labels is None else self.loss(logits, labels), logits=logits)
