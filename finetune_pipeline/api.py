@@ -36,6 +36,7 @@ from finetune_pipeline.experiments.sweep import plan_sweep, run_sweep
 from finetune_pipeline.in_memory import store_table, stored_origin, table_kind
 from finetune_pipeline.runs import report
 from finetune_pipeline.runs.artifacts import CONFIG_FILE, CURVES_FILE
+from finetune_pipeline.runs.mistakes import kept_mistakes
 from finetune_pipeline.runs.preparation import SPLIT_NAMES
 from finetune_pipeline.runs.run import run_training
 from finetune_pipeline.runs.run_metrics import RunMetrics
@@ -120,6 +121,12 @@ class Run:
         except UserInputError as error:
             raise with_table_origin(error, str(path), stored_origin(kind, "data= to Run.evaluate"))
         return metrics
+
+    def errors(self, split: str = "test", n: int = 20) -> pandas.DataFrame:
+        """The n wrong answers the model was surest of on split ("val" or "test"), most confident first, as
+        `finetune errors` prints them: text (text_pair), line, then true, predicted and probability (single-label),
+        label, error and probability (multi-label), or true, predicted and error (regression)."""
+        return import_pandas().DataFrame(kept_mistakes(self.measured.mistakes, split, n, str(self.dir)))
 
     def export(self, format: str = "hf", checkpoint: str = "best", output: str | PathLike[str] | None = None,
                ) -> dict[str, Path]:

@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--name", default=None,
                           help="the result goes to RUN_DIR/evaluations/NAME.json (default: the file's name)")
 
+    errors = command("errors", "the most confident mistakes of a run, and its most frequent confusions",
+                     "  finetune errors finetune_pipeline/artifacts/20261126-101500\n"
+                     "  finetune errors RUN_DIR --split val --n 50")
+    errors.add_argument("run_dir", help="a completed run folder")
+    errors.add_argument("--split", default="test", choices=("val", "test"), help="default: test")
+    errors.add_argument("--n", type=int, default=20, help="how many (default 20; a run keeps 50 per split)")
+
     predict = command("predict", "label new texts with a trained run",
                       "  finetune predict finetune_pipeline/artifacts/20261126-101500 --text \"A warm, funny film.\"\n"
                       "  finetune predict RUN_DIR --input reviews.csv --output predictions.csv\n"
@@ -218,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                                            args.batch_size, args.runtime, args.text_pair, args.delimiter,
                                            args.encoding),
         "export": lambda: export_command(args.run_dir, args.export_format, args.checkpoint, args.output),
+        "errors": lambda: errors_command(args.run_dir, args.split, args.n),
     }
     return run_command(commands[args.command], args.debug)
 
@@ -410,6 +418,24 @@ def evaluate_command(run_dir: str, data: str, text_column: str | None, label_col
               "the run knows, and each of these counts as F1 0 in it (accuracy and the other labels' rows are "
               "unaffected)")
     print(f"written to {path}")
+
+
+def errors_command(run_dir: str, split: str, count: int) -> None:
+    from finetune_pipeline.runs.mistakes import kept_mistakes
+    from finetune_pipeline.runs.run_record import read_run_files
+
+    metrics, _ = read_run_files(Path(run_dir), "errors")
+    record = (metrics.mistakes or {}).get(split, {})
+    mistakes = kept_mistakes(metrics.mistakes, split, count, run_dir)
+    print(f"{split}: {record.get('wrong', 0)} wrong answers; the {len(mistakes)} the model was surest of:")
+    for number, mistake in enumerate(mistakes, start=1):
+        text = mistake["text"] + (f" / {mistake['text_pair']}" if "text_pair" in mistake else "")
+        details = ", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                            for key, value in mistake.items() if key not in ("text", "text_pair", "line"))
+        print(f"{number:>3}. line {mistake['line']}: {details}\n     {text}")
+    if record.get("confusions"):
+        print("most frequent confusions: " + "; ".join(
+            ", ".join(f"{key} {value}" for key, value in confusion.items()) for confusion in record["confusions"]))
 
 
 def predict_command(run_dir: str, texts: list[str] | None, input_file: str | None, output_file: str | None,

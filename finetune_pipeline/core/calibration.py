@@ -21,9 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_pipeline.core.batching import InputSplit
-from finetune_pipeline.core.device import Placement
-from finetune_pipeline.core.evaluation import predict_logits
 from finetune_pipeline.core.model import TextClassifier
 from finetune_pipeline.core.task import Task
 
@@ -77,20 +74,19 @@ def calibration_record(task: Task, temperature: torch.Tensor, val: tuple[torch.T
     }
 
 
-def calibrate(model: TextClassifier, task: Task, val: InputSplit, test_targets: list[Any], test_logits: torch.Tensor,
-              batch_size: int, placement: Placement) -> dict[str, Any] | None:
+def calibrate(model: TextClassifier, task: Task, val: tuple[torch.Tensor, list[Any]],
+              test: tuple[torch.Tensor, list[Any]]) -> dict[str, Any] | None:
     """Fit the trained model's temperature on val and set it in its head (a multi-label head's thresholds mapped
     so that it decides as before); the record for metrics.json, or None for a task without probabilities.
-    test_logits: the model's, before (the test split is scored once, by the caller, from them)."""
+    val, test: (the model's logits before calibration, the targets)."""
     if task.temperature_shape is None:
         return None
-    val_logits = predict_logits(model, val, batch_size, placement)
-    temperature = fit_temperature(task, val_logits, val.labels)
+    temperature = fit_temperature(task, *val)
     head = model.head
     if head.decision_thresholds is not None:
         head.thresholds.copy_(task.calibrated_thresholds(head.thresholds.cpu(), temperature))
     head.temperature.copy_(temperature)
-    return calibration_record(task, temperature, (val_logits, val.labels), (test_logits, test_targets))
+    return calibration_record(task, temperature, val, test)
 
 
 def describe_temperature(values: list[float]) -> str:

@@ -236,6 +236,21 @@ class SingleLabelClassification:
         return [(self.label_names[label_id], dict(zip(self.label_names, row, strict=True)))
                 for label_id, row in zip(self.decide(logits).tolist(), probabilities, strict=True)]
 
+    def mistakes(self, logits: torch.Tensor, targets: list[Any], thresholds: torch.Tensor | None = None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(the wrong answers, most confident first: index, true, predicted, probability; the most frequent
+        (true, predicted) pairs among them, with their counts)."""
+        confidence, predicted = logits.float().softmax(dim=-1).max(dim=-1)
+        truth = torch.tensor([int(target) for target in targets])
+        wrong = torch.nonzero(predicted != truth).flatten().tolist()
+        wrong.sort(key=lambda index: -confidence[index].item())
+        names = self.label_names
+        answers = [{"index": index, "true": names[truth[index]], "predicted": names[predicted[index]],
+                    "probability": confidence[index].item()} for index in wrong]
+        pairs = Counter((answer["true"], answer["predicted"]) for answer in answers)
+        return answers, [{"true": true, "predicted": guess, "count": count} for (true, guess), count in
+                         pairs.most_common()]
+
     def distribution(self, targets: list[Any]) -> dict[str, int]:
         """label -> examples, in label order."""
         counts = Counter(targets)
@@ -386,6 +401,27 @@ class MultiLabelClassification(SingleLabelClassification):
                  dict(zip(self.label_names, scores, strict=True)))
                 for row, scores in zip(self.decide(logits, thresholds).tolist(), probabilities, strict=True)]
 
+    def mistakes(self, logits: torch.Tensor, targets: list[Any], thresholds: torch.Tensor | None = None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(each wrong label of a text, most confident first: a false positive (chosen, not carried) with its
+        probability, a false negative (carried, not chosen) with the probability it was absent; per label, its
+        false positives and false negatives, the most errors first)."""
+        probabilities = logits.float().sigmoid()
+        chosen, truth = torch.from_numpy(self.decide(logits, thresholds)).bool(), torch.tensor(targets).bool()
+        answers = []
+        for index, label in torch.nonzero(chosen != truth).tolist():
+            positive = bool(chosen[index, label])
+            answers.append({"index": index, "label": self.label_names[label],
+                            "error": "false positive" if positive else "false negative",
+                            "probability": (probabilities[index, label] if positive
+                                            else 1 - probabilities[index, label]).item()})
+        answers.sort(key=lambda answer: -answer["probability"])
+        false_positives, false_negatives = (chosen & ~truth).sum(dim=0), (~chosen & truth).sum(dim=0)
+        per_label = [{"label": name, "false positives": int(fp), "false negatives": int(fn)}
+                     for name, fp, fn in zip(self.label_names, false_positives, false_negatives, strict=True)
+                     if fp + fn]
+        return answers, sorted(per_label, key=lambda row: -(row["false positives"] + row["false negatives"]))
+
     def distribution(self, targets: list[Any]) -> dict[str, int]:
         """label -> texts carrying it."""
         counts = np.asarray(targets, dtype=int).sum(axis=0) if targets else np.zeros(self.num_outputs, dtype=int)
@@ -481,6 +517,14 @@ class Regression:
             # for the report's predicted-vs-true and residual plots: evenly spaced examples of the split
             "points": {"true": truth[shown].tolist(), "predicted": predicted[shown].tolist()},
         }
+
+    def mistakes(self, logits: torch.Tensor, targets: list[Any], thresholds: torch.Tensor | None = None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(the largest errors first: index, true, predicted, error; nothing pairs up for a number)."""
+        predicted = self.decide(logits)
+        answers = [{"index": index, "true": float(target), "predicted": float(guess), "error": float(guess - target)}
+                   for index, (target, guess) in enumerate(zip(targets, predicted, strict=True))]
+        return sorted(answers, key=lambda answer: -abs(answer["error"])), []
 
     def distribution(self, targets: list[Any]) -> dict[str, float]:
         values = np.asarray(targets, dtype=np.float64)

@@ -40,6 +40,7 @@ pre { background: #f6f6f6; padding: 0.8em; white-space: pre-wrap; }
 img { max-width: 100%; }
 """
 
+MISTAKES_SHOWN = 10
 WARNINGS_STYLE = "border: 2px solid #c62828; background: #fdecea; color: #222; padding: 0.4em 1em; margin: 1em 0"
 
 STATUS_EXPLANATIONS = {
@@ -75,6 +76,7 @@ def render_page(run: RunRecord, curves_png: bytes) -> str:
         ("Mixed precision", lambda: precision_section(metrics)),
         ("Curves", lambda: curves_section(curves_png)),
         *task_sections(metrics),
+        ("Most confident mistakes", lambda: mistakes_section(metrics)),
         ("Calibration", lambda: calibration_section(metrics)),
         ("Freeze proof", lambda: freeze_proof_section(run.freeze_proof)),
         ("Split sizes and resolution", lambda: split_sizes_section(metrics)),
@@ -219,6 +221,25 @@ def regression_section(metrics: RunMetrics) -> str:
         "closer to the diagonal the better; the residuals should centre on 0.</p>")
     return table(["split", *names], [[cell(split), *(cell(values.get(name), "number") for name in names)]
                                      for split, values in scores]) + "\n" + note + figure
+
+
+def mistakes_section(metrics: RunMetrics) -> str:
+    """The test split's wrong answers the model was surest of, and the most frequent confusions (val's too are in
+    metrics.json and `finetune errors --split val`)."""
+    record = (metrics.mistakes or {}).get("test")
+    if record is None:
+        return missing(f"{METRICS_FILE} has no mistakes (a run that did not complete, or one recorded before they "
+                       "were kept)")
+    shown = record["examples"][:MISTAKES_SHOWN]
+    columns = [key for key in (shown[0] if shown else {}) if key != "line"]
+    rows = [[cell(mistake[key], "number" if isinstance(mistake[key], float) else "") for key in columns]
+            for mistake in shown]
+    confusions = "; ".join(", ".join(f"{key} {value}" for key, value in confusion.items())
+                           for confusion in record["confusions"])
+    return (f"<p>{record['wrong']} wrong answers on test; the {len(shown)} the model was surest of (all "
+            f"{len(record['examples'])} kept: <code>finetune errors RUN_DIR --n {len(record['examples'])}</code>). "
+            "Read them for labels that are themselves wrong, sarcasm, negations, texts cut at max_length.</p>\n"
+            + table(columns, rows) + (f"\n<p>Most frequent: {escape(confusions)}</p>" if confusions else ""))
 
 
 def calibration_section(metrics: RunMetrics) -> str:

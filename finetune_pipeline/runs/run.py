@@ -21,6 +21,7 @@ from finetune_pipeline.core.freeze_proof import build_freeze_proof, snapshot
 from finetune_pipeline.core.training import TrainingState, train_model
 from finetune_pipeline.runs import artifacts, run_lock
 from finetune_pipeline.runs.memory_check import check_fits, run_preflight
+from finetune_pipeline.runs.mistakes import mistakes_record
 from finetune_pipeline.runs.preparation import PreparedRun, prepare_run
 from finetune_pipeline.runs.resume import check_resumable, restore_resume_checkpoint, resumed_step
 from finetune_pipeline.runs.run_folder import RunFolder, initial_metrics
@@ -78,13 +79,17 @@ def execute(prepared: PreparedRun, run: RunFolder, checkpoint: dict[str, Any] | 
         proof = build_freeze_proof(prepared.backbone_before, head_before, adapters_before, model, prepared.mode)
         run.write_freeze_proof(proof)
         run.load_best_model(model)  # test once, with the best checkpoint, once calibrated on val
-        test_logits = predict_logits(model, test_split, training.eval_batch_size, placement)
-        calibration = calibrate(model, task, val_split, test_split.labels, test_logits, training.eval_batch_size,
-                                placement)
-        # the logits test would give now: each divided by the temperature, as the head divides them
-        test_metrics = task.metrics(model.head.calibrated(test_logits), test_split.labels,
-                                    model.head.decision_thresholds)
-        run.completed(test_metrics, proof, calibration)
+        val_logits, test_logits = (predict_logits(model, split, training.eval_batch_size, placement)
+                                   for split in (val_split, test_split))
+        calibration = calibrate(model, task, (val_logits, val_split.labels), (test_logits, test_split.labels))
+        # the logits the model gives now: each divided by the temperature, as the head divides them
+        val_logits, test_logits = model.head.calibrated(val_logits), model.head.calibrated(test_logits)
+        thresholds = model.head.decision_thresholds
+        test_metrics = task.metrics(test_logits, test_split.labels, thresholds)
+        mistakes = {name: mistakes_record(task, logits, split.labels, examples, thresholds)
+                    for name, logits, split, examples in (("val", val_logits, val_split, prepared.splits.val),
+                                                          ("test", test_logits, test_split, prepared.splits.test))}
+        run.completed(test_metrics, proof, calibration, mistakes)
     return run.path
 
 

@@ -157,14 +157,15 @@ class RunFolder:
                   level=logging.INFO if proof["consistent_with_config"] else logging.WARNING)
 
     @distributed.main_process_only
-    def completed(self, test_metrics: dict[str, Any], proof: dict[str, Any], calibration: dict[str, Any] | None
-                  ) -> None:
+    def completed(self, test_metrics: dict[str, Any], proof: dict[str, Any], calibration: dict[str, Any] | None,
+                  mistakes: dict[str, Any]) -> None:
         if calibration is not None:  # the best checkpoint again, with the temperature fitted on val
             saved = files.load_checkpoint(self.path / artifacts.BEST_MODEL_FILE)
             self.save_model(artifacts.BEST_MODEL_FILE, saved["epoch"], saved["step"])
         files.save_torch(self.path / artifacts.HEAD_FILE, self.prepared.model.head.state_dict())  # the best head
         self.metrics.record(
             calibration=calibration,
+            mistakes=mistakes,
             status="completed",
             test_score=test_metrics[self.prepared.config.training.metric],
             test_metrics=test_metrics,

@@ -40,6 +40,7 @@ class RunMetrics(BaseModel):
     freeze_proof: dict[str, bool] | None = None  # freeze_proof.json's verdicts
     baselines: dict[str, dict[str, dict[str, float]]] | None = None  # split -> baseline -> metrics (runs/baselines.py)
     calibration: dict[str, Any] | None = None  # the temperature fitted on val, ECE and NLL before and after
+    mistakes: dict[str, Any] | None = None  # per val/test split: the most confident wrong answers (runs/mistakes.py)
     score_flags: list[str] | None = None  # a score no better than its baseline, one class for every text
     # the data
     split_sizes: dict[str, int] | None = None
