@@ -9,13 +9,16 @@ once and timed over --repeats passes (the fastest counts), with `finetune predic
 and length sorting:
 - torch, run folder: `finetune predict RUN_DIR`, in the run's precision where this CPU does it well;
 - torch, export: `finetune predict RUN_DIR/export/hf`, float32;
-- onnxruntime: `finetune predict RUN_DIR --runtime onnx`, float32 (onnxruntime's default threads).
+- onnxruntime: `finetune predict RUN_DIR --runtime onnx`, float32 (onnxruntime's default threads);
+- onnxruntime int8: `finetune predict RUN_DIR/export/onnx-int8 --runtime onnx` (dynamic quantization).
 Tokenizing is inside the timing, as a user waits for it. The report also gives the largest difference of
-probabilities between the float32 torch export and onnxruntime, and each folder's size.
+probabilities between the float32 torch export and the others, each folder's size, and the test score each ONNX
+folder states it measured through itself (classifier.json, written by the export).
 """
 
 import argparse
 import csv
+import json
 import os
 import platform
 import sys
@@ -56,7 +59,7 @@ def measure(run_dir: Path, texts: list[str], batch_size: int, repeats: int, work
     results: dict[str, Any] = {"export_s": time.perf_counter() - started, "threads": torch.get_num_threads(),
                                "sizes_mib": {name: folder_mib(folder) for name, folder in folders.items()}}
     ways = {"torch, run folder": (run_dir, "torch"), "torch, export (fp32)": (folders["hf"], "torch"),
-            "onnxruntime (fp32)": (folders["onnx"], "onnx")}
+            "onnxruntime (fp32)": (folders["onnx"], "onnx"), "onnxruntime (int8)": (folders["onnx-int8"], "onnx")}
     probabilities = {}
     for name, (folder, runtime) in ways.items():
         started = time.perf_counter()
@@ -70,14 +73,16 @@ def measure(run_dir: Path, texts: list[str], batch_size: int, repeats: int, work
             predictions = predictions_for(classifier, texts, batch_size)
             passes.append(time.perf_counter() - started)
         probabilities[name] = [list(prediction.probabilities.values()) for prediction in predictions]
-        precision = classifier.precision.used if runtime == "torch" else "no"  # onnxruntime runs the fp32 graph
+        precision = classifier.precision.used if runtime == "torch" else "int8" if "int8" in name else "no"
         results[name] = {"load_s": load_s, "pass_s": min(passes), "texts_per_s": len(texts) / min(passes),
                          "precision": "fp32" if precision == "no" else precision}
     results["max_difference"] = {
         other: float((torch.tensor(probabilities["torch, export (fp32)"]) - torch.tensor(probabilities[other]))
                      .abs().max())
-        for other in ("onnxruntime (fp32)", "torch, run folder")
+        for other in ("onnxruntime (fp32)", "onnxruntime (int8)", "torch, run folder")
     }
+    results["measured"] = {name: json.loads((folders[name] / "classifier.json").read_text())["measured_through_export"]
+                           for name in ("onnx", "onnx-int8")}
     return results
 
 
@@ -92,7 +97,7 @@ def report(run_dir: Path, data: Path, count: int, batch_size: int, results: dict
         "| predict with | precision | load | one pass | texts/s |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
-    for name in ("torch, run folder", "torch, export (fp32)", "onnxruntime (fp32)"):
+    for name in ("torch, run folder", "torch, export (fp32)", "onnxruntime (fp32)", "onnxruntime (int8)"):
         row = results[name]
         lines.append(f"| {name} | {row['precision']} | {row['load_s']:.1f} s | {row['pass_s']:.2f} s | "
                      f"{row['texts_per_s']:,.0f} |")
@@ -100,7 +105,11 @@ def report(run_dir: Path, data: Path, count: int, batch_size: int, results: dict
     lines += [
         "",
         f"Largest |Δ probability| against the torch export: onnxruntime {differences['onnxruntime (fp32)']:.1e}, "
-        f"the run folder (its precision) {differences['torch, run folder']:.1e}.",
+        f"int8 {differences['onnxruntime (int8)']:.1e}, the run folder (its precision) "
+        f"{differences['torch, run folder']:.1e}. The run's test split through each ONNX folder (its classifier.json): "
+        + ", ".join(f"{name} " + ", ".join(f"{key} {value:.4f}" for key, value in scores.items()
+                                            if key != "test_examples")
+                    for name, scores in results["measured"].items()) + ".",
         "",
         "| folder | size on disk |",
         "| --- | ---: |",

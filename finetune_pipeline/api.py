@@ -130,8 +130,9 @@ class Run:
 
     def export(self, format: str = "hf", checkpoint: str = "best", output: str | PathLike[str] | None = None,
                ) -> dict[str, Path]:
-        """`finetune export`: format "hf" (a transformers folder), "onnx" or "all"; checkpoint "best" or "final";
-        output: where the hf/ and onnx/ folders go (default RUN_DIR/export). Returns {format: folder}."""
+        """`finetune export`: format "hf" (a transformers folder), "onnx", "onnx-int8" (quantized for CPU serving)
+        or "all"; checkpoint "best" or "final"; output: where the hf/, onnx/ and onnx-int8/ folders go (default
+        RUN_DIR/export). Returns {format: folder}."""
         return export_run(self.dir, format, checkpoint, None if output is None else Path(output))
 
     def __repr__(self) -> str:

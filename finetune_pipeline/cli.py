@@ -159,12 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "  finetune export finetune_pipeline/artifacts/20261126-101500      # RUN_DIR/export/hf\n"
                      "  finetune export RUN_DIR --format all --checkpoint final --output exported/")
     export.add_argument("run_dir", help="a completed run folder")
-    export.add_argument("--format", dest="export_format", choices=["hf", "onnx", "all"], default="hf",
-                        help="hf (default): a transformers folder; onnx: model.onnx for onnxruntime; all: both")
+    export.add_argument("--format", dest="export_format", choices=["hf", "onnx", "onnx-int8", "all"], default="hf",
+                        help="hf (default): a transformers folder; onnx: model.onnx for onnxruntime; onnx-int8: "
+                             "the same, quantized to int8 for CPU serving (export/onnx-int8; predict it with "
+                             "--runtime onnx); all: the three")
     export.add_argument("--checkpoint", choices=["best", "final"], default="best",
                         help="best (default): the best epoch's checkpoint; final: the last epoch's")
     export.add_argument("--output", default=None, metavar="DIR",
-                        help="where the hf/ and onnx/ folders go (default: RUN_DIR/export)")
+                        help="where the hf/, onnx/ and onnx-int8/ folders go (default: RUN_DIR/export)")
     return parser
 
 
@@ -477,7 +479,20 @@ def export_command(run_dir: str, export_format: str, checkpoint: str, output: st
     for name, folder in export_run(Path(run_dir), export_format, checkpoint,
                                    None if output is None else Path(output)).items():
         size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-        print(f"{name}: {folder} ({size / 2**20:,.1f} MiB)")
+        print(f"{name}: {folder} ({size / 2**20:,.1f} MiB)" + measured_line(folder))
+
+
+def measured_line(folder: Path) -> str:
+    """An ONNX folder's score on the run's test split, and the float32 graph's before an int8 one was quantized."""
+    from finetune_pipeline.serving.onnx_folder import INFO_FILE
+
+    info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8")) if (folder / INFO_FILE).is_file() else {}
+    measured, before = info.get("measured_through_export"), info.get("measured_before_quantization")
+    if not measured:
+        return ""
+    metric = next(key for key in measured if key != "test_examples")
+    return (f"; test {metric} through it {measured[metric]:.4f}"
+            + (f" (float32 before quantizing: {before[metric]:.4f})" if before else ""))
 
 
 def run_command(command: Callable[[], int | None], debug: bool = False) -> int:

@@ -349,3 +349,19 @@ def test_each_export_states_its_own_score_measured_through_it(run_dir, exported)
     info = json.loads((exported["onnx"] / "classifier.json").read_text())
     assert info["measured_through_export"] == {"test_examples": recorded["split_sizes"]["test"],
                                                "accuracy": pytest.approx(recorded["test_score"])}
+
+
+def test_the_int8_export_is_smaller_predicts_and_states_both_scores(run_dir, exported, capsys):
+    int8, fp32 = exported["onnx-int8"], exported["onnx"]
+    assert (int8 / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size  # the tiny BERT: graph-bound
+    info = json.loads((int8 / "classifier.json").read_text())
+    assert info["quantization"].startswith("int8")
+    test_examples = read_metrics(run_dir)["split_sizes"]["test"]
+    fp32_info = json.loads((fp32 / "classifier.json").read_text())
+    assert info["measured_before_quantization"] == fp32_info["measured_through_export"]  # the same float32 graph
+    assert info["measured_through_export"]["test_examples"] == test_examples
+    labels = [prediction.label for prediction in predict_texts(int8, PARITY_TEXTS, runtime="onnx")]
+    assert set(labels) <= {"neg", "pos"} and len(labels) == len(PARITY_TEXTS)
+    assert cli.main(["predict", str(int8), "--runtime", "onnx", "--text", "good movie"]) == 0
+    assert cli.main(["export", str(run_dir), "--format", "onnx-int8", "--output", str(int8.parent / "again")]) == 0
+    assert "onnx-int8: " in capsys.readouterr().out

@@ -35,7 +35,7 @@ LOCK_FILE = "run.lock"  # while a run is running: which process holds it (run_lo
 CURVES_FILE = "curves.png"
 REPORT_FILE = "report.html"
 EXPORT_DIR = "export"  # finetune export writes here, unless --output names another place
-HF_DIR, ONNX_DIR = "hf", "onnx"  # the export folder's subfolders, one per format
+HF_DIR, ONNX_DIR, ONNX_INT8_DIR = "hf", "onnx", "onnx-int8"  # the export folder's subfolders, one per format
 
 CHECKPOINT_FORMAT_VERSION = 1
 

@@ -23,8 +23,11 @@ from finetune_pipeline.runs.run_record import read_run_files
 from finetune_pipeline.serving import hf_folder, onnx_folder
 from finetune_pipeline.serving.inference import load_classifier, score_examples
 
-EXPORT_DIR, HF_DIR, ONNX_DIR = artifacts.EXPORT_DIR, artifacts.HF_DIR, artifacts.ONNX_DIR
-FORMATS = {"hf": (HF_DIR,), "onnx": (ONNX_DIR,), "all": (HF_DIR, ONNX_DIR)}  # --format -> the folders written
+EXPORT_DIR, HF_DIR, ONNX_DIR, ONNX_INT8_DIR = (artifacts.EXPORT_DIR, artifacts.HF_DIR, artifacts.ONNX_DIR,
+                                               artifacts.ONNX_INT8_DIR)
+FORMATS = {"hf": (HF_DIR,), "onnx": (ONNX_DIR,), "onnx-int8": (ONNX_INT8_DIR,),
+           "all": (HF_DIR, ONNX_DIR, ONNX_INT8_DIR)}  # --format -> the folders written
+ONNX_FORMATS = (ONNX_DIR, ONNX_INT8_DIR)
 CHECKPOINTS = {"best": artifacts.BEST_MODEL_FILE, "final": artifacts.FINAL_MODEL_FILE}
 
 
@@ -37,8 +40,8 @@ def export_run(run_dir: Path, export_format: str = "hf", checkpoint: str = "best
     if checkpoint not in CHECKPOINTS:
         raise UserInputError(f"export checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
     formats = FORMATS[export_format]
-    if ONNX_DIR in formats:
-        onnx_folder.require_export_packages("finetune export --format onnx")  # before any work
+    if set(formats) & set(ONNX_FORMATS):
+        onnx_folder.require_export_packages(f"finetune export --format {export_format}")  # before any work
     run_dir = Path(run_dir)
     run_config_file = check_completed(run_dir)  # config.json as it is, for the model card
     run = artifacts.load_run(run_dir, CHECKPOINTS[checkpoint])
@@ -46,7 +49,8 @@ def export_run(run_dir: Path, export_format: str = "hf", checkpoint: str = "best
         run.model.merge_lora()  # plain weights (W + alpha / r B A): transformers and onnxruntime load them as they are
     source = {"run_dir": run_dir.name, "checkpoint": CHECKPOINTS[checkpoint]}
     writers = {HF_DIR: lambda folder: hf_folder.write_hf_folder(run, folder, source, run_config_file),
-               ONNX_DIR: lambda folder: onnx_folder.write_onnx_folder(run, folder, source)}
+               ONNX_DIR: lambda folder: onnx_folder.write_onnx_folder(run, folder, source),
+               ONNX_INT8_DIR: lambda folder: write_int8_folder(run, folder, source, test)}
     root = run_dir / EXPORT_DIR if output is None else Path(output)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -83,7 +87,7 @@ def record_own_score(folder: Path, name: str, run: artifacts.LoadedRun, test: li
     if test is None:
         measured, words = None, f"Not measured: the run's test data cannot be read here ({unreadable})."
     else:
-        runtime = "onnx" if name == ONNX_DIR else "torch"
+        runtime = "onnx" if name in ONNX_FORMATS else "torch"
         measured = score_examples(load_classifier(folder, artifacts.BEST_MODEL_FILE, runtime), test,
                                   run.config.training.eval_batch_size)
         recorded = run.metrics.test_score
@@ -92,12 +96,26 @@ def record_own_score(folder: Path, name: str, run: artifacts.LoadedRun, test: li
                  f"{measured[metric]:.4f}. The run recorded {metric} "
                  f"{'unknown' if recorded is None else f'{recorded:.4f}'} for its best checkpoint, in its own "
                  "precision and batches.")
-    if name == ONNX_DIR:
+    if name in ONNX_FORMATS:
         onnx_folder.add_info(folder, {"measured_through_export": None if test is None else
                                       {"test_examples": len(test), metric: measured[metric]}})
     else:
         with (folder / hf_folder.CARD_FILE).open("a", encoding="utf-8") as card:
             card.write(f"\n## Measured through this export\n\n{words}\n")
+
+
+def write_int8_folder(run: artifacts.LoadedRun, folder: Path, source: dict[str, str],
+                      test: list[Example] | None) -> None:
+    """The ONNX folder, its graph quantized to int8; classifier.json also keeps the float32 graph's score on the
+    run's test split, measured before quantizing, to set the int8 one (record_own_score) against."""
+    onnx_folder.write_onnx_folder(run, folder, source)
+    if test is not None:
+        metric = run.config.training.metric
+        fp32 = score_examples(load_classifier(folder, artifacts.BEST_MODEL_FILE, "onnx"), test,
+                              run.config.training.eval_batch_size)
+        onnx_folder.add_info(folder, {"measured_before_quantization": {"test_examples": len(test),
+                                                                       metric: fp32[metric]}})
+    onnx_folder.quantize_onnx_folder(folder)
 
 
 def check_completed(run_dir: Path) -> dict[str, Any]:
