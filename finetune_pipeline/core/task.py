@@ -371,7 +371,7 @@ class MultiLabelClassification(SingleLabelClassification):
 
     @staticmethod
     def target_tensor(targets: list[Any]) -> torch.Tensor:
-        return torch.tensor(targets, dtype=torch.float32)
+        return torch.as_tensor(targets, dtype=torch.float32)  # a cached split's targets are a tensor already
 
     @staticmethod
     def negative_log_likelihood(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -407,7 +407,7 @@ class MultiLabelClassification(SingleLabelClassification):
         probability, a false negative (carried, not chosen) with the probability it was absent; per label, its
         false positives and false negatives, the most errors first)."""
         probabilities = logits.float().sigmoid()
-        chosen, truth = torch.from_numpy(self.decide(logits, thresholds)).bool(), torch.tensor(targets).bool()
+        chosen, truth = torch.from_numpy(self.decide(logits, thresholds)).bool(), torch.as_tensor(targets).bool()
         answers = []
         for index, label in torch.nonzero(chosen != truth).tolist():
             positive = bool(chosen[index, label])
