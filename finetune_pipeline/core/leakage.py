@@ -2,7 +2,8 @@
 
 A val or test text that is also in train is scored by memory, not by skill: the score of such a split overstates
 what the model does on new texts. Scraped data and students' own spreadsheets hold such repeats more often than
-not (the default dataset is deduplicated when it is prepared; nothing else is). So every run counts, at load time:
+not (the default dataset drops exact duplicates when it is prepared; nothing else is cleaned). So every run
+counts, at load time:
 
     within train   rows whose text another train row already has (exact, and normalised)
     across splits  val and test rows whose text is in train (exact, and normalised)
@@ -10,7 +11,7 @@ not (the default dataset is deduplicated when it is prepared; nothing else is). 
 
 "Normalised" is what a reader would still call the same text: Unicode NFKC, case-folded, every run of whitespace
 and punctuation made one space. A text pair is one text: both halves must match. data.drop_leaked removes from val
-and test the rows whose normalised text is in train (the counts before and after are recorded).
+and test the rows whose normalised text is in train (the counts, and what was dropped, are recorded).
 """
 
 from __future__ import annotations
