@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_pipeline.core.config import Config, config_from_dict
-from finetune_pipeline.core.data import load_splits
 from finetune_pipeline.core.model import TextClassifier
-from finetune_pipeline.core.task import task_type
 from finetune_pipeline.core.training import TrainingState
 from finetune_pipeline.errors import UserInputError
 from finetune_pipeline.runs import artifacts, run_lock
@@ -61,6 +59,14 @@ def newest_unfinished_run(artifacts_root: Path) -> Path:
     raise UserInputError(f"--resume: no unfinished run in {artifacts_root}; name the run folder to resume")
 
 
+def check_same_data(run_dir: Path, config: Config, metrics: RunMetrics, rows_sha256: dict[str, str | None]) -> None:
+    """The data the resumed run just read (preparation's, before anything is written) is the data it started with."""
+    if changed := data_changes(metrics.data_files, data_fingerprints(config.data, rows_sha256)):
+        raise UserInputError(f"--resume {run_dir}: the {' and '.join(changed)} data changed since the run started "
+                             "(the rows read differ from metrics.json data_files); resuming would mix two datasets: "
+                             f"start a new run, finetune train --from-run {shlex.quote(str(run_dir))}")
+
+
 def check_resumable(run_dir: Path, force: bool) -> tuple[Config, RunMetrics, dict[str, Any] | None]:
     """(config, metrics so far, resume checkpoint or None if there is none yet) of a run that may be resumed;
     refuses one that may not."""
@@ -78,11 +84,6 @@ def check_resumable(run_dir: Path, force: bool) -> tuple[Config, RunMetrics, dic
     if config.fingerprint() != metrics.config_hash:
         raise UserInputError(f"{where}: {artifacts.CONFIG_FILE} was changed after the run started (its hash no "
                              f"longer matches metrics.json); a changed config is a new run: {rerun}")
-    current = data_fingerprints(config.data, load_splits(config.data, config.seed, task_type(config)).rows_sha256)
-    if changed := data_changes(metrics.data_files, current):
-        raise UserInputError(f"{where}: the {' and '.join(changed)} data changed since the run started (the rows read "
-                             f"differ from metrics.json data_files); resuming would mix two datasets: start a new "
-                             f"run, {rerun}")
     recorded, current = metrics.code_version or {}, code_version()
     if recorded.get("source_sha256") != current["source_sha256"] and not force:
         raise UserInputError(f"{where}: the code changed since the run started (source sha256 "

@@ -23,7 +23,12 @@ from finetune_pipeline.runs import artifacts, run_lock
 from finetune_pipeline.runs.memory_check import check_fits, run_preflight
 from finetune_pipeline.runs.mistakes import mistakes_record
 from finetune_pipeline.runs.preparation import PreparedRun, prepare_run
-from finetune_pipeline.runs.resume import check_resumable, restore_resume_checkpoint, resumed_step
+from finetune_pipeline.runs.resume import (
+    check_resumable,
+    check_same_data,
+    restore_resume_checkpoint,
+    resumed_step,
+)
 from finetune_pipeline.runs.run_folder import RunFolder, initial_metrics
 from finetune_pipeline.runs.run_inputs import training_inputs
 from finetune_pipeline.runs.run_metrics import RunMetrics
@@ -55,6 +60,7 @@ def resume_training(run_dir: Path, force: bool = False) -> Path:
     reset_peak_process_memory()
     with distributed.process_group(resolve_device(config.training.device).type):
         prepared = prepare_run(config)
+        check_same_data(run_dir, config, metrics, prepared.splits.rows_sha256)
         metrics.resumed_from_steps = [*metrics.resumed_from_steps, from_step]
         if checkpoint is None:  # starting over: the setup as measured now, the origin and the sessions kept
             metrics = initial_metrics(prepared, metrics.as_json())
