@@ -117,8 +117,8 @@ def status_section(run: RunRecord) -> str:
 
 
 def warnings_box(metrics: RunMetrics) -> str:
-    """What the run warned of that its scores depend on (the texts' language, the score flags), in a red box; ''
-    without any. The notebook's run display shows it too (its own inline style: no page CSS there)."""
+    """What the run warned of that its scores depend on (the texts' language, leakage, the score flags), in a red
+    box; '' without any. The notebook's run display shows it too (its own inline style: no page CSS there)."""
     warnings = [*([metrics.language_warning] if metrics.language_warning else []),
                 *(metrics.leakage or {}).get("warnings", []), *(metrics.score_flags or [])]
     if not warnings:

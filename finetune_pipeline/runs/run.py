@@ -84,7 +84,7 @@ def execute(prepared: PreparedRun, run: RunFolder, checkpoint: dict[str, Any] | 
         run.save_model(artifacts.FINAL_MODEL_FILE, state.history[-1].epoch, state.step)
         proof = build_freeze_proof(prepared.backbone_before, head_before, adapters_before, model, prepared.mode)
         run.write_freeze_proof(proof)
-        run.load_best_model(model)  # test once, with the best checkpoint, once calibrated on val
+        best_at = run.load_best_model(model)  # test once, with the best checkpoint, once calibrated on val
         val_logits, test_logits = (predict_logits(model, split, training.eval_batch_size, placement)
                                    for split in (val_split, test_split))
         calibration = calibrate(model, task, (val_logits, val_split.labels), (test_logits, test_split.labels))
@@ -95,7 +95,7 @@ def execute(prepared: PreparedRun, run: RunFolder, checkpoint: dict[str, Any] | 
         mistakes = {name: mistakes_record(task, logits, split.labels, examples, thresholds)
                     for name, logits, split, examples in (("val", val_logits, val_split, prepared.splits.val),
                                                           ("test", test_logits, test_split, prepared.splits.test))}
-        run.completed(test_metrics, proof, calibration, mistakes)
+        run.completed(test_metrics, proof, calibration, mistakes, best_at)
     return run.path
 
 

@@ -109,12 +109,14 @@ class RunFolder:
             error.run_dir = self.path  # the CLI names it: what the run wrote, and what --resume continues
         return error
 
-    def load_best_model(self, model: TextClassifier) -> None:
+    def load_best_model(self, model: TextClassifier) -> tuple[int, int]:
         """The best checkpoint's weights into model, in every process: rank 0 reads best_model.pt back from disk
-        (which also proves that the file loads) and sends it to the others."""
+        (which also proves that the file loads) and sends it to the others. Returns its (epoch, step)."""
         path = self.path / artifacts.BEST_MODEL_FILE
-        payload = files.load_checkpoint(path) if self.prepared.placement.processes.is_main else None
-        artifacts.restore_weights(model, distributed.broadcast_from_main(payload), path)
+        payload = distributed.broadcast_from_main(
+            files.load_checkpoint(path) if self.prepared.placement.processes.is_main else None)
+        artifacts.restore_weights(model, payload, path)
+        return payload["epoch"], payload["step"]
 
     # The writes, made by rank 0 alone.
 
@@ -158,10 +160,10 @@ class RunFolder:
 
     @distributed.main_process_only
     def completed(self, test_metrics: dict[str, Any], proof: dict[str, Any], calibration: dict[str, Any] | None,
-                  mistakes: dict[str, Any]) -> None:
+                  mistakes: dict[str, Any], best_at: tuple[int, int]) -> None:
+        """best_at: the best checkpoint's (epoch, step), as load_best_model read them."""
         if calibration is not None:  # the best checkpoint again, with the temperature fitted on val
-            saved = files.load_checkpoint(self.path / artifacts.BEST_MODEL_FILE)
-            self.save_model(artifacts.BEST_MODEL_FILE, saved["epoch"], saved["step"])
+            self.save_model(artifacts.BEST_MODEL_FILE, *best_at)
         files.save_torch(self.path / artifacts.HEAD_FILE, self.prepared.model.head.state_dict())  # the best head
         self.metrics.record(
             calibration=calibration,
